@@ -1,0 +1,1 @@
+"""The task handler: the code the Cloud Run service runs."""

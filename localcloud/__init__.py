@@ -1,0 +1,1 @@
+"""Local mode: the stack evaluated offline and realised on this machine."""

@@ -1,0 +1,1 @@
+"""Create Cloud Tasks HTTP tasks from the cloudrun-tasks stack's exported values."""

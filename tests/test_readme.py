@@ -1,0 +1,82 @@
+"""The README's configuration and output tables say what the code does."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from components import settings as s
+from localcloud.program import PROJECT_DIR
+from taskclient.stack_outputs import OutputName, QueueField
+
+README = (PROJECT_DIR / "README.md").read_text()
+
+
+def table(section: str) -> dict[str, list[str]]:
+    """First-column key -> the row's other cells, for the table under `## section`."""
+    body = README.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \|(.*)\|$", body, re.MULTILINE)
+    return {key: [cell.strip() for cell in rest.split("|")] for key, rest in rows}
+
+
+def constants(holder: type) -> set[str]:
+    return {value for name, value in vars(holder).items() if name.isupper()}
+
+
+def test_configuration_table_lists_exactly_the_keys_the_settings_accept() -> None:
+    objects = ("rateLimits", "retry")  # documented through their fields
+    expected = {
+        "gcp:project",
+        "gcp:region",
+        *s.PROJECT_KEYS,
+        *(f"service.{key}" for key in s.SERVICE_KEYS),
+        "queues.<name>",
+        *(f"queues.<name>.{key}" for key in s.QUEUE_KEYS if key not in objects),
+        *(f"queues.<name>.rateLimits.{key}" for key in s.RATE_LIMIT_KEYS),
+        *(f"queues.<name>.retry.{key}" for key in s.RETRY_KEYS),
+    }
+    assert set(table("Configuration reference")) == expected
+
+
+def test_outputs_table_lists_exactly_the_exported_names() -> None:
+    expected = constants(OutputName) | {f"queues.<name>.{field}" for field in constants(QueueField)}
+    assert set(table("Outputs")) == expected
+
+
+BASELINE = s.load_settings(
+    {"gcp:project": "my-tasks-dev", "gcp:region": "europe-west1", "cloudrun-tasks:queues": '{"default": {}}'},
+    "dev",
+)
+QUEUE = BASELINE.queues[0]
+
+# README key -> the value the settings hold when the key is not set.
+DEFAULTS: dict[str, Any] = {
+    "deletionProtection": BASELINE.deletion_protection,
+    "service.image": BASELINE.service.image,
+    "service.manageImage": BASELINE.service.manage_image,
+    "service.ingress": BASELINE.service.ingress.value,
+    "service.minInstances": BASELINE.service.min_instances,
+    "service.maxInstances": BASELINE.service.max_instances,
+    "service.concurrency": BASELINE.service.concurrency,
+    "service.cpu": f'"{BASELINE.service.cpu}"',
+    "service.memory": BASELINE.service.memory,
+    "queues.<name>.path": QUEUE.path.replace("default", "<name>"),
+    "queues.<name>.dispatchDeadline": str(QUEUE.dispatch_deadline),
+    "queues.<name>.queueLevelRouting": QUEUE.queue_level_routing,
+    "queues.<name>.logSamplingRatio": QUEUE.log_sampling_ratio,
+    "queues.<name>.rateLimits.maxDispatchesPerSecond": int(QUEUE.rate_limits.max_dispatches_per_second),
+    "queues.<name>.retry.maxAttempts": QUEUE.retry.max_attempts,
+    "queues.<name>.retry.maxRetryDuration": str(QUEUE.retry.max_retry_duration),
+    "queues.<name>.retry.minBackoff": str(QUEUE.retry.min_backoff),
+    "queues.<name>.retry.maxBackoff": str(QUEUE.retry.max_backoff),
+    "queues.<name>.retry.maxDoublings": QUEUE.retry.max_doublings,
+}
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS))
+def test_documented_default_is_the_code_default(key: str) -> None:
+    value = DEFAULTS[key]
+    shown = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+    assert table("Configuration reference")[key][1] == f"`{shown}`"

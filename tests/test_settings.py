@@ -1,0 +1,1010 @@
+"""Tests for components/settings.py: raw CLI config map -> frozen `Settings` or `SettingsError`.
+
+The rejection table below is the spec of the rules: every row is one bad input, the config path the
+problem must name, a fragment of the rule or value, and exactly one problem (so no rule masks or
+duplicates another).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
+from components.settings import (
+    DEFAULT_IMAGE,
+    NAMESPACE,
+    PROJECT_KEYS,
+    QUEUE_KEYS,
+    RATE_LIMIT_KEYS,
+    RETRY_KEYS,
+    SERVICE_KEYS,
+    TASK_RETENTION_S,
+    Duration,
+    Ingress,
+    QueueSettings,
+    RateLimits,
+    RetryPolicy,
+    ServiceSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+
+# --- builder ------------------------------------------------------------------------------------
+
+DROP = object()  # an override value that removes the key from the config map
+
+
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    """An override that replaces the baseline value instead of being deep-merged into it."""
+
+    value: Any
+
+
+BASE_GCP = {"project": "my-tasks-dev", "region": "europe-west1"}
+BASE_PROJECT: dict[str, Any] = {"queues": {"default": {}}}
+
+RATE = "queues.default.rateLimits.maxDispatchesPerSecond"
+CONCURRENCY = "queues.default.rateLimits.maxConcurrentDispatches"
+RETRY = "queues.default.retry"
+SA_RULE = "is not a service account id"
+GOOD_SA = "serviceAccount:api@my-tasks-dev.iam.gserviceaccount.com"
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """`override` merged into `base`: objects merge key by key, DROP deletes, anything else replaces."""
+    if isinstance(override, Replace):
+        return override.value
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is DROP:
+            merged.pop(key, None)
+        else:
+            merged[key] = deep_merge(base.get(key), value) if key in base else _unwrap(value)
+    return merged
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, Replace):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items() if v is not DROP}
+    return value
+
+
+def encode(value: Any) -> str:
+    """A config value as the CLI passes it: strings as they are, everything else as JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config(
+    *, gcp: Mapping[str, Any] | None = None, raw: Mapping[str, str] | None = None, **overrides: Any
+) -> dict[str, str]:
+    """The baseline config map with `overrides` (project keys, Python values) deep-merged in.
+
+    `gcp={"project": DROP}` edits gcp keys; `raw` adds entries verbatim (other namespaces, odd text).
+    """
+    gcp_values = deep_merge(BASE_GCP, dict(gcp or {}))
+    project_values = deep_merge(BASE_PROJECT, overrides)
+    cfg = {f"gcp:{k}": v for k, v in gcp_values.items()}
+    cfg.update({f"{NAMESPACE}:{k}": encode(v) for k, v in project_values.items()})
+    cfg.update(raw or {})
+    return cfg
+
+
+def load(cfg: Mapping[str, str], stack: str = "dev") -> Settings:
+    return load_settings(cfg, stack)
+
+
+def problems_of(cfg: Mapping[str, str], stack: str = "dev") -> tuple[str, ...]:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(cfg, stack)
+    return raised.value.problems
+
+
+def path_of(problem: str) -> str:
+    """The config path a problem names: everything before the first ': '."""
+    return problem.partition(": ")[0]
+
+
+def test_builder_encodes_like_the_cli() -> None:
+    cfg = config(
+        namePrefix="acme",
+        deletionProtection=False,
+        service={"cpu": "2"},
+        queues={"default": {"rateLimits": {"maxDispatchesPerSecond": 900}}, "emails": {}},
+        raw={"other:thing": "x"},
+    )
+    assert cfg == {
+        "gcp:project": "my-tasks-dev",
+        "gcp:region": "europe-west1",
+        "cloudrun-tasks:namePrefix": "acme",
+        "cloudrun-tasks:deletionProtection": "false",
+        "cloudrun-tasks:service": '{"cpu": "2"}',
+        "cloudrun-tasks:queues": '{"default": {"rateLimits": {"maxDispatchesPerSecond": 900}}, "emails": {}}',
+        "other:thing": "x",
+    }
+    assert config(queues=Replace({"x": {}}))["cloudrun-tasks:queues"] == '{"x": {}}'
+    assert "cloudrun-tasks:queues" not in config(queues=DROP)
+    assert "gcp:project" not in config(gcp={"project": DROP})
+
+
+# --- rejection table ----------------------------------------------------------------------------
+
+
+def case(case_id: str, path: str, fragment: str, *, stack: str = "dev", **overrides: Any) -> Any:
+    return pytest.param(overrides, stack, path, fragment, id=case_id)
+
+
+def rate(value: Any) -> dict[str, Any]:
+    return {"default": {"rateLimits": {"maxDispatchesPerSecond": value}}}
+
+
+def rate_limits(**values: Any) -> dict[str, Any]:
+    return {"default": {"rateLimits": values}}
+
+
+def retry(**values: Any) -> dict[str, Any]:
+    return {"default": {"retry": values}}
+
+
+def queue(**values: Any) -> dict[str, Any]:
+    return {"default": values}
+
+
+BAD_SA_IDS = {
+    "too-short": "abc12",
+    "too-long": "a" * 31,
+    "uppercase": "Tasks-invoker",
+    "trailing-hyphen": "tasks-invoker-",
+    "leading-digit": "1tasks-invoker",
+}
+
+BAD_MEMBERS = {
+    "no-prefix": ("api@x.iam.gserviceaccount.com", "has no member type prefix; use one of user:"),
+    "allUsers": ("allUsers", "'allUsers' is public"),
+    "allAuthenticatedUsers": ("allAuthenticatedUsers", "'allAuthenticatedUsers' is public"),
+    "prefixed-allUsers": ("user:allUsers", "'user:allUsers' is public"),
+    "sa-not-email": ("serviceAccount:not-an-email", "serviceAccount members need an email address"),
+    "domain-empty": ("domain:", "nothing after the 'domain:' prefix"),
+    "not-a-string": (5, "expected an IAM member string, got number 5"),
+}
+
+NOT_A_DURATION = "is not a duration in Cloud Tasks form"
+
+REJECTED = [
+    # rate limits
+    case("rate-0", RATE, "0 would never dispatch", queues=rate(0)),
+    case("rate-negative", RATE, "-1 is below the minimum of 0 (Cloud Tasks limit per queue)", queues=rate(-1)),
+    case("rate-above-500", RATE, "500.5 is above the maximum of 500", queues=rate(500.5)),
+    case("rate-string", RATE, 'expected a number, got string "10" (write it unquoted', queues=rate("10")),
+    case("rate-bool", RATE, "expected a number, got boolean true", queues=rate(True)),
+    case("rate-infinite", RATE, "inf is not a finite number", queues=rate(math.inf)),
+    case("rate-nan", RATE, "nan is not a finite number", queues=rate(math.nan)),
+    case(
+        "rate-huge-int",
+        RATE,
+        "is above the maximum of 500",
+        queues=rate(10**400),
+    ),
+    case(
+        "concurrency-0",
+        CONCURRENCY,
+        "0 is below the minimum of 1 (Cloud Tasks limit)",
+        queues=rate_limits(maxConcurrentDispatches=0),
+    ),
+    case(
+        "concurrency-5001",
+        CONCURRENCY,
+        "5001 is above the maximum of 5000",
+        queues=rate_limits(maxConcurrentDispatches=5001),
+    ),
+    case(
+        "concurrency-fraction",
+        CONCURRENCY,
+        "expected a whole number, got number 2.5",
+        queues=rate_limits(maxConcurrentDispatches=2.5),
+    ),
+    # retry
+    case("maxAttempts-minus-2", f"{RETRY}.maxAttempts", "-2 is below the minimum of -1", queues=retry(maxAttempts=-2)),
+    case(
+        "maxAttempts-string",
+        f"{RETRY}.maxAttempts",
+        'expected a whole number, got string "5"',
+        queues=retry(maxAttempts="5"),
+    ),
+    case(
+        "maxDoublings-negative",
+        f"{RETRY}.maxDoublings",
+        "-1 is below the minimum of 0 (must not be negative)",
+        queues=retry(maxDoublings=-1),
+    ),
+    case(
+        "minBackoff-above-maxBackoff",
+        f"{RETRY}.minBackoff",
+        "10s is above maxBackoff 5s",
+        queues=retry(minBackoff="10s", maxBackoff="5s"),
+    ),
+    case(
+        "unbounded-retries",
+        RETRY,
+        "maxAttempts -1 with maxRetryDuration 0s",
+        queues=retry(maxAttempts=-1, maxRetryDuration="0s"),
+    ),
+    case(
+        "unbounded-retries-by-default-duration",
+        RETRY,
+        "maxAttempts -1 with maxRetryDuration 0s",
+        queues=retry(maxAttempts=-1),
+    ),
+    # duration form
+    *[
+        case(f"duration-{name}", f"{RETRY}.minBackoff", f"{value!r} {NOT_A_DURATION}", queues=retry(minBackoff=value))
+        for name, value in {
+            "no-unit": "10",
+            "space": "10 s",
+            "minutes": "1m",
+            "negative": "-1s",
+            "fraction-no-unit": "1.5",
+            "ten-decimals": "0.0000000001s",
+            "empty": "",
+        }.items()
+    ],
+    case("duration-number", f"{RETRY}.minBackoff", "expected a string, got number 10", queues=retry(minBackoff=10)),
+    case(
+        "duration-trailing-newline",
+        "queues.default.dispatchDeadline",
+        NOT_A_DURATION,
+        queues=queue(dispatchDeadline="60s\n"),
+    ),
+    # deadlines and timeouts
+    case(
+        "deadline-14s",
+        "queues.default.dispatchDeadline",
+        "14s is below the minimum of 15s",
+        queues=queue(dispatchDeadline="14s"),
+    ),
+    case(
+        "deadline-1801s",
+        "queues.default.dispatchDeadline",
+        "1801s is above the maximum of 1800s",
+        queues=queue(dispatchDeadline="1801s"),
+    ),
+    case(
+        "timeout-below-deadline",
+        "service.timeout",
+        "300s is below queues.slow.dispatchDeadline 600s",
+        queues=Replace({"fast": {"dispatchDeadline": "60s"}, "slow": {"dispatchDeadline": "600s"}}),
+        service={"timeout": "300s"},
+    ),
+    case("timeout-3601s", "service.timeout", "3601s is above the maximum of 3600s", service={"timeout": "3601s"}),
+    case(
+        "timeout-set-but-queues-missing",
+        "queues",
+        "missing",
+        queues=DROP,
+        service={"timeout": "300s"},
+    ),
+    # logging
+    case(
+        "ratio-negative",
+        "queues.default.logSamplingRatio",
+        "-0.1 is below the minimum of 0",
+        queues=queue(logSamplingRatio=-0.1),
+    ),
+    case(
+        "ratio-above-1",
+        "queues.default.logSamplingRatio",
+        "1.1 is above the maximum of 1",
+        queues=queue(logSamplingRatio=1.1),
+    ),
+    # queue keys
+    case("key-underscore", "queues.my_queue", "letters, digits and hyphens", queues=Replace({"my_queue": {}})),
+    case("key-dot", "queues.q.1", "letters, digits and hyphens", queues=Replace({"q.1": {}})),
+    case("key-empty", "queues.", "letters, digits and hyphens (1-100)", queues=Replace({"": {}})),
+    case("key-101-chars", "queues." + "q" * 101, "(1-100)", queues=Replace({"q" * 101: {}})),
+    case(
+        "key-too-long-with-prefix",
+        "queues." + "q" * 84,
+        "84 characters is too long; with namePrefix 'tasks-dev' and the random suffix",
+        queues=Replace({"q" * 84: {}}),
+    ),
+    case(
+        "key-trailing-newline",
+        "queues.default\n",
+        "letters, digits and hyphens",
+        queues=Replace({"default\n": {}}),
+    ),
+    # service accounts
+    *[
+        case(f"invoker-sa-{name}", "invokerServiceAccountId", f"{value!r} {SA_RULE}", invokerServiceAccountId=value)
+        for name, value in BAD_SA_IDS.items()
+    ],
+    *[
+        case(
+            f"runtime-sa-{name}",
+            "service.serviceAccountId",
+            f"{value!r} {SA_RULE}",
+            service={"serviceAccountId": value},
+        )
+        for name, value in BAD_SA_IDS.items()
+    ],
+    case(
+        "invoker-is-derived-runtime",
+        "invokerServiceAccountId",
+        "'tasks-dev-run' is also service.serviceAccountId",
+        invokerServiceAccountId="tasks-dev-run",
+    ),
+    case(
+        "invoker-is-explicit-runtime",
+        "invokerServiceAccountId",
+        "'shared-sa' is also service.serviceAccountId",
+        invokerServiceAccountId="shared-sa",
+        service={"serviceAccountId": "shared-sa"},
+    ),
+    # unknown keys, at every level
+    case("unknown-top-level", "queus", "unknown key; allowed keys are namePrefix,", queus={"default": {}}),
+    case("unknown-service", "service.imagee", "unknown key; allowed keys are name, image,", service={"imagee": "x"}),
+    case(
+        "unknown-queue", "queues.default.rateLimit", "unknown key; allowed keys are path,", queues=queue(rateLimit={})
+    ),
+    case(
+        "unknown-burst-is-output-only",
+        "queues.default.rateLimits.maxBurstSize",
+        "unknown key; allowed keys are maxDispatchesPerSecond, maxConcurrentDispatches",
+        queues=rate_limits(maxBurstSize=10),
+    ),
+    case(
+        "unknown-retry", f"{RETRY}.maxAttempt", "unknown key; allowed keys are maxAttempts,", queues=retry(maxAttempt=5)
+    ),
+    # wrong types
+    case("queues-list", "queues", "expected an object of one or more queues, got list", queues=["default"]),
+    case("service-string", "service", 'expected an object, got string "fast"', service="fast"),
+    case(
+        "queue-string", "queues.default", 'expected an object, got string "fast"', queues=Replace({"default": "fast"})
+    ),
+    case("enqueuers-string", "enqueuers", "expected a list of IAM members, got string", enqueuers=GOOD_SA),
+    case("env-list", "service.env", "expected an object of NAME: value strings, got list", service={"env": ["A=1"]}),
+    case(
+        "flag-string",
+        "queues.default.queueLevelRouting",
+        'expected true or false, got string "yes"',
+        queues=queue(queueLevelRouting="yes"),
+    ),
+    case(
+        "deletionProtection-yes",
+        "deletionProtection",
+        'expected true or false, got string "yes"',
+        deletionProtection="yes",
+    ),
+    case(
+        "deletionProtection-number", "deletionProtection", "expected true or false, got number 1", deletionProtection=1
+    ),
+    case(
+        "service-empty-list",
+        "service",
+        "expected an object, got list []",
+        service=[],
+    ),
+    case(
+        "retry-false",
+        RETRY,
+        "expected an object, got boolean false",
+        queues={"default": {"retry": False}},
+    ),
+    # ingress
+    case(
+        "ingress-internal",
+        "service.ingress",
+        "'internal' is not one of INGRESS_TRAFFIC_INTERNAL_ONLY",
+        service={"ingress": "internal"},
+    ),
+    # IAM members, top level and per queue
+    *[
+        case(f"enqueuer-{name}", "enqueuers[0]", fragment, enqueuers=[member])
+        for name, (member, fragment) in BAD_MEMBERS.items()
+    ],
+    *[
+        case(f"queue-enqueuer-{name}", "queues.default.enqueuers[0]", fragment, queues=queue(enqueuers=[member]))
+        for name, (member, fragment) in BAD_MEMBERS.items()
+    ],
+    case("enqueuer-index", "enqueuers[1]", "'allUsers' is public", enqueuers=[GOOD_SA, "allUsers"]),
+    # gcp keys
+    case(
+        "project-missing", "gcp:project", "missing; set it with `pulumi config set gcp:project", gcp={"project": DROP}
+    ),
+    case("project-empty", "gcp:project", "missing", gcp={"project": ""}),
+    case(
+        "project-invalid", "gcp:project", "'My_Project' is not a Google Cloud project id", gcp={"project": "My_Project"}
+    ),
+    case("region-missing", "gcp:region", "missing; set it with `pulumi config set gcp:region", gcp={"region": DROP}),
+    case("region-invalid", "gcp:region", "'Europe' is not a region such as europe-west1", gcp={"region": "Europe"}),
+    # queues as a whole
+    case("queues-missing", "queues", "missing; configure at least one queue", queues=DROP),
+    case("queues-empty", "queues", "expected an object of one or more queues, got object", queues=Replace({})),
+    case(
+        "defaultQueue-unknown",
+        "defaultQueue",
+        "'emails' is not one of the configured queues (default)",
+        defaultQueue="emails",
+    ),
+    # name prefix
+    case(
+        "prefix-21-chars",
+        "namePrefix",
+        "'tasks-abcdefghijklmno' must be 2-20 lowercase",
+        namePrefix="tasks-abcdefghijklmno",
+    ),
+    case(
+        "prefix-uppercase",
+        "namePrefix",
+        "'Tasks' must be 2-20 lowercase",
+        namePrefix="Tasks",
+    ),
+    case(
+        "prefix-derived-from-long-stack",
+        "namePrefix",
+        "(derived from stack 'a-very-long-stack-name'; set namePrefix)",
+        stack="a-very-long-stack-name",
+    ),
+    case(
+        "prefix-one-letter",
+        "namePrefix",
+        "must be",
+        namePrefix="a",
+    ),
+    # service sizing
+    case(
+        "min-above-max-instances",
+        "service.minInstances",
+        "5 is above maxInstances 2",
+        service={"minInstances": 5, "maxInstances": 2},
+    ),
+    case(
+        "maxInstances-0",
+        "service.maxInstances",
+        "0 is below the minimum of 1",
+        service={"maxInstances": 0},
+    ),
+    case(
+        "concurrency-1001",
+        "service.concurrency",
+        "1001 is above the maximum of 1000",
+        service={"concurrency": 1001},
+    ),
+    case("cpu-3", "service.cpu", "'3' is not one of 1, 2, 4, 6, 8", service={"cpu": "3"}),
+    case(
+        "memory-MB", "service.memory", "'512MB' is not a memory size such as 512Mi or 2Gi", service={"memory": "512MB"}
+    ),
+    case("memory-64Mi", "service.memory", "64Mi is below the minimum of 128Mi", service={"memory": "64Mi"}),
+    case("memory-33Gi", "service.memory", "33Gi is above the maximum of 32Gi", service={"memory": "33Gi"}),
+    case(
+        "memory-8Gi-cpu-1",
+        "service.cpu",
+        "1 is too few for memory 8Gi; Cloud Run needs at least 2 CPUs above 4Gi",
+        service={"memory": "8Gi", "cpu": "1"},
+    ),
+    case(
+        "memory-10Gi-cpu-2",
+        "service.cpu",
+        "2 is too few for memory 10Gi; Cloud Run needs at least 4 CPUs above 8Gi",
+        service={"memory": "10Gi", "cpu": "2"},
+    ),
+    case(
+        "cpu-4-memory-1Gi",
+        "service.memory",
+        "1Gi is too little for 4 CPUs; Cloud Run needs at least 2Gi",
+        service={"memory": "1Gi", "cpu": "4"},
+    ),
+    # env
+    case(
+        "env-PORT", "service.env.PORT", "reserved; Cloud Run or this stack sets it", service={"env": {"PORT": "9000"}}
+    ),
+    case("env-TASKS_QUEUES", "service.env.TASKS_QUEUES", "reserved", service={"env": {"TASKS_QUEUES": "{}"}}),
+    case("env-K_SERVICE", "service.env.K_SERVICE", "reserved", service={"env": {"K_SERVICE": "x"}}),
+    case("env-bad-name", "service.env.1X", "not an environment variable name", service={"env": {"1X": "v"}}),
+    case(
+        "env-number-value",
+        "service.env.X",
+        "expected a string, got number 5 (quote numbers and booleans)",
+        service={"env": {"X": 5}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "stack", "path", "fragment"), REJECTED)
+def test_rejected(overrides: dict[str, Any], stack: str, path: str, fragment: str) -> None:
+    problems = problems_of(config(**overrides), stack)
+    assert [path_of(p) for p in problems] == [path], problems
+    assert fragment in problems[0]
+
+
+def test_rejection_ids_are_unique() -> None:
+    ids = [p.id for p in REJECTED]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stack", "fragment"),
+    [
+        pytest.param({"namePrefix": "Tasks"}, "dev", "'Tasks' must be 2-20 lowercase", id="explicit"),
+        pytest.param(
+            {}, "a-very-long-stack-name", "(derived from stack 'a-very-long-stack-name'; set namePrefix)", id="derived"
+        ),
+        pytest.param({}, "---", "'tasks-' (derived from stack '---'; set namePrefix)", id="derived-empty"),
+    ],
+)
+def test_bad_name_prefix_is_the_one_problem_and_says_how_to_fix(
+    overrides: dict[str, Any], stack: str, fragment: str
+) -> None:
+    # Names derived from a bad prefix are not reported again: the user never set them.
+    problems = problems_of(config(**overrides), stack)
+    assert [path_of(p) for p in problems] == ["namePrefix"]
+    assert fragment in problems[0]
+
+
+@hyp_settings(max_examples=150, deadline=None)
+@given(st.from_regex(r"[a-z]([-a-z0-9]{0,18}[a-z0-9])", fullmatch=True))
+def test_every_valid_prefix_derives_valid_names(prefix: str) -> None:
+    derived = load(config(namePrefix=prefix))
+    # Given explicitly, the derived names go through the same checks as any configured name.
+    explicit = load(
+        config(
+            namePrefix=prefix,
+            invokerServiceAccountId=derived.invoker_service_account_id,
+            service={"name": derived.service.name, "serviceAccountId": derived.service.service_account_id},
+        )
+    )
+    assert explicit == derived
+
+
+def test_every_problem_is_reported_together() -> None:
+    cfg = config(
+        gcp={"region": DROP},
+        enqueuers=["allUsers"],
+        service={"cpu": "3"},
+        queues={"default": {"rateLimits": {"maxDispatchesPerSecond": 0}}, "emails": {"retry": {"maxDoublings": -1}}},
+    )
+    with pytest.raises(SettingsError) as raised:
+        load(cfg)
+    problems = raised.value.problems
+    assert isinstance(problems, tuple)
+    assert sorted(path_of(p) for p in problems) == sorted(
+        ["gcp:region", "enqueuers[0]", "service.cpu", RATE, "queues.emails.retry.maxDoublings"]
+    )
+    message = str(raised.value)
+    assert message.startswith("invalid stack configuration:\n  - ")
+    assert all(f"  - {p}" in message for p in problems)
+    assert isinstance(raised.value, ValueError)
+
+
+# --- acceptance and defaults -----------------------------------------------------------------------
+
+
+def test_baseline_loads_with_every_default() -> None:
+    s = load(config())
+    assert (s.project, s.location, s.name_prefix) == ("my-tasks-dev", "europe-west1", "tasks-dev")
+    assert s.deletion_protection is True
+    assert s.invoker_service_account_id == "tasks-dev-invoker"
+    assert s.enqueuers == ()
+    assert s.default_queue == "default"
+    assert s.warnings == ()
+    assert s.service == ServiceSettings(
+        name="tasks-dev-handler",
+        image="us-docker.pkg.dev/cloudrun/container/hello",
+        manage_image=True,
+        ingress=Ingress.INTERNAL_ONLY,
+        timeout=Duration(Decimal("600")),
+        min_instances=0,
+        max_instances=10,
+        concurrency=80,
+        cpu="1",
+        memory="512Mi",
+        service_account_id="tasks-dev-run",
+        env=(),
+    )
+    assert s.service.image == DEFAULT_IMAGE
+    assert s.service.ingress.value == "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    assert s.queues == (
+        QueueSettings(
+            key="default",
+            path="/tasks/default",
+            dispatch_deadline=Duration(Decimal("600")),
+            queue_level_routing=False,
+            log_sampling_ratio=1.0,
+            rate_limits=RateLimits(max_dispatches_per_second=500.0, max_concurrent_dispatches=800),
+            retry=RetryPolicy(
+                max_attempts=100,
+                max_retry_duration=Duration(Decimal("0")),
+                min_backoff=Duration(Decimal("0.1")),
+                max_backoff=Duration(Decimal("3600")),
+                max_doublings=16,
+            ),
+            enqueuers=(),
+        ),
+    )
+    assert s.queue("default") is s.queues[0]
+
+
+def test_explicit_values_are_kept() -> None:
+    s = load(
+        config(
+            namePrefix="acme",
+            deletionProtection=False,
+            invokerServiceAccountId="acme-caller",
+            service={
+                "name": "worker",
+                "image": "europe-docker.pkg.dev/p/r/worker:1",
+                "manageImage": False,
+                "ingress": "INGRESS_TRAFFIC_ALL",
+                "timeout": "1200s",
+                "minInstances": 1,
+                "maxInstances": 4,
+                "concurrency": 8,
+                "cpu": "2",
+                "memory": "2Gi",
+                "serviceAccountId": "acme-worker",
+                "env": {"MODE": "worker", "LEVEL": "debug"},
+            },
+            queues={
+                "default": {
+                    "path": "/work",
+                    "dispatchDeadline": "900s",
+                    "queueLevelRouting": True,
+                    "logSamplingRatio": 0.25,
+                    "rateLimits": {"maxDispatchesPerSecond": 5, "maxConcurrentDispatches": 20},
+                    "retry": {
+                        "maxAttempts": 5,
+                        "maxRetryDuration": "3600s",
+                        "minBackoff": "1s",
+                        "maxBackoff": "60s",
+                        "maxDoublings": 3,
+                    },
+                }
+            },
+        )
+    )
+    assert (s.name_prefix, s.deletion_protection, s.invoker_service_account_id) == ("acme", False, "acme-caller")
+    assert s.service == ServiceSettings(
+        name="worker",
+        image="europe-docker.pkg.dev/p/r/worker:1",
+        manage_image=False,
+        ingress=Ingress.ALL,
+        timeout=Duration(Decimal("1200")),
+        min_instances=1,
+        max_instances=4,
+        concurrency=8,
+        cpu="2",
+        memory="2Gi",
+        service_account_id="acme-worker",
+        env=(("MODE", "worker"), ("LEVEL", "debug")),
+    )
+    q = s.queue("default")
+    assert (q.path, str(q.dispatch_deadline), q.queue_level_routing, q.log_sampling_ratio) == (
+        "/work",
+        "900s",
+        True,
+        0.25,
+    )
+    assert q.rate_limits == RateLimits(5.0, 20)
+    assert isinstance(q.rate_limits.max_dispatches_per_second, float)
+    assert q.retry == RetryPolicy(5, Duration.of(3600), Duration.of(1), Duration.of(60), 3)
+
+
+def test_null_means_default() -> None:
+    s = load(config(queues={"default": {"retry": None, "rateLimits": {"maxDispatchesPerSecond": None}}}))
+    assert s.queue("default").retry.max_attempts == 100
+    assert s.queue("default").rate_limits.max_dispatches_per_second == 500.0
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("false", False), ("true", True)])
+def test_deletion_protection_flag(raw: str, expected: bool) -> None:
+    assert load(config(raw={"cloudrun-tasks:deletionProtection": raw})).deletion_protection is expected
+
+
+def test_timeout_defaults_to_the_longest_dispatch_deadline() -> None:
+    s = load(config(queues=Replace({"a": {"dispatchDeadline": "120s"}, "b": {"dispatchDeadline": "900s"}})))
+    assert str(s.service.timeout) == "900s"
+
+
+def test_timeout_equal_to_the_longest_deadline_is_accepted() -> None:
+    s = load(config(queues=queue(dispatchDeadline="900s"), service={"timeout": "900.0s"}))
+    assert s.service.timeout.seconds == 900
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ({"maxInstances": 3}, 240),
+        ({"maxInstances": 1, "concurrency": 1}, 1),
+        ({"maxInstances": 100}, 1000),  # capacity 8000, capped at Cloud Tasks' default 1000
+    ],
+)
+def test_max_concurrent_dispatches_defaults_to_service_capacity(service: dict[str, Any], expected: int) -> None:
+    s = load(config(service=service))
+    assert s.queue("default").rate_limits.max_concurrent_dispatches == expected
+    assert s.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("stack", "prefix"),
+    [("dev", "tasks-dev"), ("Feature_X.1", "tasks-feature-x-1"), ("--prod--", "tasks-prod")],
+)
+def test_name_prefix_and_names_derive_from_the_stack(stack: str, prefix: str) -> None:
+    s = load(config(), stack)
+    assert s.name_prefix == prefix
+    assert s.invoker_service_account_id == f"{prefix}-invoker"
+    assert s.service.service_account_id == f"{prefix}-run"
+    assert s.service.name == f"{prefix}-handler"
+
+
+def test_queue_key_limit_depends_on_the_name_prefix() -> None:
+    # 100 - len("acme") - 6 (suffix) - 2 (hyphens) = 88
+    assert load(config(namePrefix="acme", queues=Replace({"q" * 88: {}}))).queues[0].key == "q" * 88
+    problems = problems_of(config(namePrefix="acme", queues=Replace({"q" * 89: {}})))
+    assert problems == (
+        f"queues.{'q' * 89}: 89 characters is too long; with namePrefix 'acme' and the random suffix"
+        " the queue id must stay within 100 (at most 88)",
+    )
+
+
+def test_default_queue_is_the_first_in_config_order() -> None:
+    s = load(config(queues=Replace({"zeta": {}, "alpha": {}, "mid": {}})))
+    assert [q.key for q in s.queues] == ["zeta", "alpha", "mid"]
+    assert s.default_queue == "zeta"
+    assert [q.path for q in s.queues] == ["/tasks/zeta", "/tasks/alpha", "/tasks/mid"]
+
+
+def test_default_queue_can_be_chosen() -> None:
+    assert load(config(queues={"emails": {}}, defaultQueue="emails")).default_queue == "emails"
+
+
+def test_enqueuers_are_the_union_of_top_level_and_queue_level() -> None:
+    a = "serviceAccount:a@my-tasks-dev.iam.gserviceaccount.com"
+    g = "group:team@example.com"
+    u = "user:dev@example.com"
+    s = load(config(enqueuers=[a, g, a], queues={"default": {"enqueuers": [u, g, u]}, "other": {}}))
+    assert s.enqueuers == (a, g)
+    assert s.queue("default").enqueuers == (a, g, u)
+    assert s.queue("other").enqueuers == (a, g)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        "domain:example.com",
+        "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/s",
+        "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/*",
+    ],
+)
+def test_non_email_member_types_are_accepted(member: str) -> None:
+    assert load(config(enqueuers=[member])).enqueuers == (member,)
+
+
+def test_fractional_rate_is_accepted() -> None:
+    assert load(config(queues=rate(0.5))).queue("default").rate_limits.max_dispatches_per_second == 0.5
+
+
+def test_unlimited_attempts_with_a_bounded_retry_duration_are_accepted() -> None:
+    policy = load(config(queues=retry(maxAttempts=-1, maxRetryDuration="86400s"))).queue("default").retry
+    assert (policy.max_attempts, str(policy.max_retry_duration)) == (-1, "86400s")
+
+
+def pick(settings: Settings, dotted: str) -> Any:
+    """`settings` followed along `dotted` attribute names; a leading `q` is the default queue."""
+    head, *rest = dotted.split(".")
+    value = settings.queue("default") if head == "q" else getattr(settings, head)
+    for name in rest:
+        value = getattr(value, name)
+    return value
+
+
+def accept(case_id: str, dotted: str, expected: Any, **overrides: Any) -> Any:
+    return pytest.param(overrides, dotted, expected, id=case_id)
+
+
+ACCEPTED = [
+    accept("rate-500", "q.rate_limits.max_dispatches_per_second", 500.0, queues=rate(500)),
+    accept(
+        "concurrency-1", "q.rate_limits.max_concurrent_dispatches", 1, queues=rate_limits(maxConcurrentDispatches=1)
+    ),
+    accept(
+        "concurrency-5000",
+        "q.rate_limits.max_concurrent_dispatches",
+        5000,
+        queues=rate_limits(maxConcurrentDispatches=5000),
+        service={"maxInstances": 1000, "concurrency": 5},
+    ),
+    accept("ratio-0", "q.log_sampling_ratio", 0.0, queues=queue(logSamplingRatio=0)),
+    accept("ratio-1", "q.log_sampling_ratio", 1.0, queues=queue(logSamplingRatio=1)),
+    accept("deadline-15s", "q.dispatch_deadline", Duration.of(15), queues=queue(dispatchDeadline="15s")),
+    accept("deadline-1800s", "service.timeout", Duration.of(1800), queues=queue(dispatchDeadline="1800s")),
+    accept("timeout-3600s", "service.timeout", Duration.of(3600), service={"timeout": "3600s"}),
+    accept("attempts-0", "q.retry.max_attempts", 0, queues=retry(maxAttempts=0)),
+    accept("attempts-unlimited-1s", "q.retry.max_attempts", -1, queues=retry(maxAttempts=-1, maxRetryDuration="1s")),
+    accept(
+        "retry-duration-31-days",
+        "q.retry.max_retry_duration",
+        Duration.of(TASK_RETENTION_S),
+        queues=retry(maxRetryDuration=f"{TASK_RETENTION_S}s"),
+    ),
+    accept("backoff-equal", "q.retry.min_backoff", Duration.of(5), queues=retry(minBackoff="5s", maxBackoff="5s")),
+    accept("nine-decimals", "q.retry.min_backoff", Duration.of("1E-9"), queues=retry(minBackoff="0.000000001s")),
+    accept("instances-1000", "service.max_instances", 1000, service={"maxInstances": 1000, "concurrency": 1000}),
+    accept("min-equals-max", "service.min_instances", 3, service={"minInstances": 3, "maxInstances": 3}),
+    accept("memory-128Mi", "service.memory", "128Mi", service={"memory": "128Mi"}),
+    accept("memory-4Gi-cpu-1", "service.memory", "4Gi", service={"memory": "4Gi", "cpu": "1"}),
+    accept("memory-32Gi-cpu-8", "service.memory", "32Gi", service={"memory": "32Gi", "cpu": "8"}),
+    accept("cpu-4-memory-2Gi", "service.cpu", "4", service={"memory": "2Gi", "cpu": "4"}),
+    accept("prefix-20-chars", "invoker_service_account_id", "a" * 20 + "-invoker", namePrefix="a" * 20),
+    accept("sa-6-chars", "invoker_service_account_id", "abc123", invokerServiceAccountId="abc123"),
+    accept("sa-30-chars", "invoker_service_account_id", "a" * 30, invokerServiceAccountId="a" * 30),
+    accept("key-upper-digit-hyphen", "default_queue", "Q-1", queues=Replace({"Q-1": {}})),
+    accept("env-underscore-empty", "service.env", (("_X1", ""),), service={"env": {"_X1": ""}}),
+]
+
+
+@pytest.mark.parametrize(("overrides", "dotted", "expected"), ACCEPTED)
+def test_accepted(overrides: dict[str, Any], dotted: str, expected: Any) -> None:
+    assert pick(load(config(**overrides)), dotted) == expected
+
+
+@pytest.mark.parametrize(
+    ("duration", "text"),
+    [
+        (Duration.of("0.1"), "0.1s"),
+        (Duration.of(3600), "3600s"),
+        (Duration.of(1.5), "1.5s"),
+        (Duration.of(0), "0s"),
+        (Duration(Decimal("10.500")), "10.5s"),
+        (Duration(Decimal("1E+2")), "100s"),
+        (Duration(Decimal("0.000000001")), "0.000000001s"),
+    ],
+)
+def test_duration_text(duration: Duration, text: str) -> None:
+    assert str(duration) == text
+
+
+def test_capacity_warning_names_the_queue_but_loads() -> None:
+    s = load(
+        config(
+            service={"maxInstances": 1, "concurrency": 10},
+            queues={
+                "default": {"rateLimits": {"maxConcurrentDispatches": 10}},
+                "bulk": {"rateLimits": {"maxConcurrentDispatches": 11}},
+            },
+        )
+    )
+    assert s.warnings == (
+        "queues.bulk.rateLimits.maxConcurrentDispatches: 11 is above what the service takes at once"
+        " (10 = maxInstances x concurrency); the excess is answered with 429 and retried with backoff",
+    )
+    assert s.queue("bulk").rate_limits.max_concurrent_dispatches == 11
+    assert s.queue("default").rate_limits.max_concurrent_dispatches == 10
+
+
+# --- other namespaces, immutability -------------------------------------------------------------
+
+
+def test_keys_of_other_namespaces_are_ignored() -> None:
+    noisy = config(raw={"gcp:zone": "europe-west1-b", "other:thing": "{not json", "aws:region": "x", "plain": "y"})
+    assert load(noisy) == load(config())
+
+
+def test_settings_are_frozen() -> None:
+    s = load(config(enqueuers=[GOOD_SA]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.project = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.service.cpu = "8"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.queues[0].rate_limits.max_dispatches_per_second = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.queues[0].retry.min_backoff.seconds = Decimal(1)  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="append"):
+        s.enqueuers.append("user:x@example.com")  # type: ignore[attr-defined]
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+PROPERTY = hyp_settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(st.floats(min_value=0, max_value=500, exclude_min=True))
+def test_any_rate_in_range_is_stored_exactly(value: float) -> None:
+    stored = load(config(queues=rate(value))).queue("default").rate_limits.max_dispatches_per_second
+    assert stored == value
+    assert math.copysign(1, stored) == 1
+
+
+@PROPERTY
+@given(
+    st.one_of(
+        st.floats(max_value=0, allow_nan=False, allow_infinity=False),
+        st.floats(min_value=500, exclude_min=True, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_any_rate_out_of_range_is_rejected(value: float) -> None:
+    problems = problems_of(config(queues=rate(value)))
+    assert [path_of(p) for p in problems] == [RATE]
+
+
+@st.composite
+def duration_texts(draw: st.DrawFn, high: int) -> str:
+    whole = draw(st.integers(min_value=0, max_value=high))
+    fraction = draw(st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=9).map(lambda f: "." + f)))
+    if whole == high:
+        fraction = "." + "0" * (len(fraction) - 1) if fraction else ""
+    return f"{whole}{fraction}s"
+
+
+@PROPERTY
+@given(duration_texts(TASK_RETENTION_S))
+def test_durations_round_trip(text: str) -> None:
+    loaded = load(config(queues=retry(maxRetryDuration=text))).queue("default").retry.max_retry_duration
+    assert loaded.seconds == Decimal(text[:-1])
+    # The canonical text is itself a valid duration that loads back to the same value.
+    again = load(config(queues=retry(maxRetryDuration=str(loaded)))).queue("default").retry.max_retry_duration
+    assert again == loaded
+    assert str(again) == str(loaded)
+
+
+@PROPERTY
+@given(duration_texts(1800).filter(lambda t: Decimal(t[:-1]) >= 15))
+def test_dispatch_deadlines_in_range_round_trip(text: str) -> None:
+    s = load(config(queues=queue(dispatchDeadline=text), service={"timeout": "3600s"}))
+    assert s.queue("default").dispatch_deadline == Duration(Decimal(text[:-1]))
+
+
+SCHEMA_KEYS = sorted({*PROJECT_KEYS, *SERVICE_KEYS, *QUEUE_KEYS, *RATE_LIMIT_KEYS, *RETRY_KEYS, "default"})
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["10s", "0.5s", "1Gi", "4", GOOD_SA, "allUsers", "INGRESS_TRAFFIC_ALL"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(SCHEMA_KEYS) | st.text(max_size=6), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+FUZZ_TARGETS = {
+    "queues": lambda v: config(queues=Replace(v)),
+    "service": lambda v: config(service=Replace(v)),
+    "enqueuers": lambda v: config(enqueuers=v),
+    "deletionProtection": lambda v: config(deletionProtection=v),
+    "namePrefix": lambda v: config(namePrefix=encode(v)),
+    "queues.default": lambda v: config(queues=Replace({"default": v})),
+    "queues.default.retry": lambda v: config(queues={"default": {"retry": Replace(v)}}),
+    "queues.default.rateLimits": lambda v: config(queues={"default": {"rateLimits": Replace(v)}}),
+    "service.env": lambda v: config(service={"env": Replace(v)}),
+}
+
+
+@hyp_settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(FUZZ_TARGETS)), json_values)
+def test_arbitrary_values_load_or_raise_settings_error(target: str, value: Any) -> None:
+    try:
+        s = load(FUZZ_TARGETS[target](value))
+    except SettingsError as error:
+        assert error.problems
+        assert all(isinstance(p, str) and ": " in p for p in error.problems)
+    else:
+        assert isinstance(s, Settings)
+        assert s.queues
