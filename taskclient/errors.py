@@ -1,0 +1,60 @@
+"""Errors a producer can act on: what went wrong, and what to change."""
+
+from __future__ import annotations
+
+from google.api_core import exceptions as gexc
+
+
+class TaskClientError(Exception):
+    """Base class: every error the task client raises on purpose."""
+
+
+class TaskValidationError(TaskClientError, ValueError):
+    """A task argument breaks a Cloud Tasks rule; found before any RPC, so nothing was sent."""
+
+
+class PublishError(TaskClientError):
+    """Cloud Tasks refused or failed a CreateTask call. `code` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Safe to retry only for named tasks: a retry of a name the server already stored gets ALREADY_EXISTS,
+# which then means "created"; an unnamed task retried after a lost response would be created twice.
+TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
+
+
+def explain(
+    error: gexc.GoogleAPICallError, *, queue_path: str, invoker_email: str, principal: str, location: str
+) -> PublishError:
+    """Turns a server error into a message that names the missing role, principal or resource."""
+    code = error.grpc_status_code.name if error.grpc_status_code else type(error).__name__
+    detail = error.message or str(error)
+    if isinstance(error, gexc.PermissionDenied):
+        if "actAs" in detail or "serviceAccountUser" in detail:
+            message = (
+                f"{principal} may not act as the invoker {invoker_email}: grant it roles/iam.serviceAccountUser"
+                " on that account (add it to the stack's enqueuers)"
+            )
+        else:
+            message = (
+                f"{principal} may not create tasks on {queue_path}: grant it roles/cloudtasks.enqueuer on the queue"
+                " (add it to the stack's enqueuers)"
+            )
+    elif isinstance(error, gexc.NotFound):
+        message = (
+            f"queue {queue_path} not found: it is not deployed, or the outputs name the wrong project or location"
+            f" (they say {location})"
+        )
+    elif isinstance(error, gexc.FailedPrecondition):
+        message = (
+            f"queue {queue_path} does not accept tasks now (paused or disabled):"
+            f" `gcloud tasks queues describe` shows its state; `gcloud tasks queues resume` restarts it"
+        )
+    elif isinstance(error, gexc.Unauthenticated):
+        message = "no valid credentials: run `gcloud auth application-default login`, or set up workload identity"
+    else:
+        message = f"Cloud Tasks answered {code}"
+    return PublishError(f"{message} [{code}: {detail}]", code)

@@ -1,0 +1,365 @@
+"""TaskPublisher: create Cloud Tasks HTTP tasks from the stack's exported values.
+
+One client (one gRPC channel) per publisher, reused by every call. Every argument is checked against
+the Cloud Tasks limits before any RPC. Server errors come back as messages that say what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import tasks_v2
+
+from taskclient.connection import Connection, connect
+from taskclient.errors import TRANSIENT, PublishError, TaskClientError, TaskValidationError, explain
+from taskclient.stack_outputs import OUTPUTS_ENV, QueueOutputs, StackOutputs, StackOutputsError
+
+# Cloud Tasks limits (README "Creating tasks" cites each). The CreateTask reference says 100 KB per
+# task while the quotas page says 1 MiB: the lower one is safe under both.
+MAX_BODY_BYTES = 100_000
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+MIN_DEADLINE, MAX_DEADLINE = timedelta(seconds=15), timedelta(minutes=30)
+MAX_URL_LENGTH = 2083
+MAX_HEADER_BYTES = 80 * 1024
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
+# Headers Cloud Tasks computes, reserves or replaces: setting them is at best ignored.
+RESERVED_HEADERS = ("host", "content-length", "user-agent", "authorization")
+RESERVED_HEADER_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    DUPLICATE = "duplicate"  # a task of that name exists already (or existed recently): nothing new created
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One task to create; every field but `payload` is optional (see `TaskPublisher.publish`)."""
+
+    payload: Any
+    queue: str | None = None
+    path: str | None = None
+    delay: timedelta | float | None = None
+    schedule_at: datetime | None = None
+    name: str | None = None
+    dedupe_key: str | None = None
+    headers: Mapping[str, str] | None = None
+    deadline: timedelta | float | None = None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    index: int
+    outcome: Outcome
+    name: str | None = None  # the task's full name, when created or duplicate
+    error: str | None = None  # why, when failed
+
+
+def task_id_for(dedupe_key: str) -> str:
+    """A task id from an idempotency key: hashed, since Google advises against sequential task names."""
+    return hashlib.sha256(dedupe_key.encode()).hexdigest()
+
+
+class TaskPublisher:
+    """Creates HTTP tasks on the stack's queues, each with the invoker's OIDC token and explicit audience."""
+
+    def __init__(
+        self,
+        outputs: StackOutputs,
+        *,
+        connection: Connection | None = None,
+        retries: int = 4,
+        backoff: float = 0.25,
+        timeout: float = 20.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.outputs = outputs
+        self._connection = connection or connect()
+        self._retries = retries
+        self._backoff = backoff
+        self._timeout = timeout
+        self._now = now
+        self._sleep = sleep
+
+    # --- construction from the exported values -------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **options: Any) -> TaskPublisher:
+        """From a dict: `pulumi stack output --json`, parsed, or what a StackReference gives."""
+        return cls(StackOutputs.from_mapping(values), **options)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> TaskPublisher:
+        """From a `pulumi stack output --json` document; "-" reads standard input."""
+        return cls.from_mapping(read_outputs_document(path), **options)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> TaskPublisher:
+        """From the JSON document in CLOUDRUN_TASKS_OUTPUTS (how a deployed producer receives it)."""
+        text = os.environ.get(OUTPUTS_ENV)
+        if not text:
+            raise StackOutputsError(f"{OUTPUTS_ENV} is not set")
+        return cls.from_mapping(_parse_json(text, OUTPUTS_ENV), **options)
+
+    def __enter__(self) -> TaskPublisher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def publish(self, payload: Any, **options: Any) -> str:
+        """Creates one task and returns its full name.
+
+        Options: queue (short name; default queue when omitted), path (on the service; not for queues that
+        route at queue level), delay (seconds or timedelta) or schedule_at (aware datetime), name (task id)
+        or dedupe_key (hashed into the id), headers, deadline (dispatch deadline; the queue's by default).
+        A dict, list, str or number payload is sent as JSON with Content-Type application/json; bytes as given.
+        A name that exists already returns that name without creating a second task.
+        """
+        parent, task = self.build(TaskRequest(payload, **options))
+        return self._create(parent, task)[1]
+
+    def publish_many(
+        self,
+        items: Iterable[TaskRequest | Any],
+        *,
+        concurrency: int = 32,
+        on_result: Callable[[PublishResult], None] | None = None,
+    ) -> list[PublishResult]:
+        """Creates many tasks, at most `concurrency` RPCs at a time over the one channel.
+
+        Returns one result per item, in input order: created, duplicate, or failed with the reason.
+        `on_result` is called as each finishes (from a worker thread), e.g. for a progress bar.
+        """
+        if not 1 <= concurrency <= 1000:
+            raise TaskValidationError(f"concurrency: {concurrency} is outside 1..1000")
+        # Bounded submission: a generator of a million items never becomes a million queued futures.
+        window = threading.BoundedSemaphore(concurrency * 2)
+        futures: list[Future[PublishResult]] = []
+
+        def finished(future: Future[PublishResult]) -> None:
+            window.release()
+            if on_result is not None:
+                on_result(future.result())
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskclient") as pool:
+            for index, item in enumerate(items):
+                window.acquire()
+                request = item if isinstance(item, TaskRequest) else TaskRequest(item)
+                future = pool.submit(self._publish_one, index, request)
+                future.add_done_callback(finished)
+                futures.append(future)
+        return [future.result() for future in futures]
+
+    def _publish_one(self, index: int, request: TaskRequest) -> PublishResult:
+        try:
+            parent, task = self.build(request)
+            outcome, name = self._create(parent, task)
+            return PublishResult(index, outcome, name=name)
+        except TaskClientError as err:
+            return PublishResult(index, Outcome.FAILED, error=str(err))
+        except Exception as err:
+            return PublishResult(index, Outcome.FAILED, error=f"unexpected {type(err).__name__}: {err}")
+
+    def _create(self, parent: str, task: tasks_v2.Task) -> tuple[Outcome, str]:
+        client = self._connection.client
+        for attempt in range(self._retries + 1):
+            try:
+                created = client.create_task(parent=parent, task=task, retry=None, timeout=self._timeout)
+                return Outcome.CREATED, created.name
+            except gexc.AlreadyExists:
+                # After a retry, the name is there because our own earlier attempt stored it.
+                return (Outcome.CREATED if attempt else Outcome.DUPLICATE), task.name
+            except TRANSIENT as err:
+                if not task.name:
+                    raise self._explain(err, parent, " (not retried: a task without a name could be created twice;"
+                                        " pass name= or dedupe_key= to make retries safe)") from None  # fmt: skip
+                if attempt == self._retries:
+                    raise self._explain(err, parent, f" (after {attempt + 1} attempts)") from None
+                # Exponential backoff with jitter, so many workers do not retry in step.
+                self._sleep(self._backoff * 2**attempt * (0.5 + random.random()))
+            except gexc.GoogleAPICallError as err:
+                raise self._explain(err, parent, "") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _explain(self, err: gexc.GoogleAPICallError, parent: str, note: str) -> PublishError:
+        error = explain(
+            err,
+            queue_path=parent,
+            invoker_email=self.outputs.invoker_email,
+            principal=self._connection.principal,
+            location=self.outputs.location,
+        )
+        return PublishError(f"{error}{note}", error.code)
+
+    # --- building a task ------------------------------------------------------------------------
+
+    def build(self, request: TaskRequest) -> tuple[str, tasks_v2.Task]:
+        """The queue path and the Task for `request`, or TaskValidationError naming every bad argument."""
+        problems: list[str] = []
+        queue = self._queue(request.queue, problems)
+        body, content_type = _body(request.payload, problems)
+        headers = _headers(request.headers, content_type, problems)
+        url = self._url(queue, request.path, problems)
+        name = self._task_name(queue, request.name, request.dedupe_key, problems)
+        schedule = self._schedule(request.delay, request.schedule_at, problems)
+        deadline = _deadline(request.deadline, queue, problems)
+        if problems or queue is None:
+            raise TaskValidationError("; ".join(problems))
+        http_request = tasks_v2.HttpRequest(url=url, http_method=tasks_v2.HttpMethod.POST, headers=headers, body=body)
+        if not queue.queue_level_routing:
+            # Explicit audience: left empty, Cloud Tasks would use the full task URL, which Cloud Run refuses.
+            http_request.oidc_token = tasks_v2.OidcToken(
+                service_account_email=self.outputs.invoker_email, audience=self.outputs.oidc_audience
+            )
+        task = tasks_v2.Task(http_request=http_request, name=name, dispatch_deadline=deadline)
+        if schedule is not None:
+            task.schedule_time = schedule
+        return queue.path, task
+
+    def _queue(self, key: str | None, problems: list[str]) -> QueueOutputs | None:
+        key = key or self.outputs.default_queue
+        queue = self.outputs.queues.get(key)
+        if queue is None:
+            problems.append(f"queue: {key!r} is not one of the stack's queues ({', '.join(self.outputs.queues)})")
+        return queue
+
+    def _url(self, queue: QueueOutputs | None, path: str | None, problems: list[str]) -> str:
+        if queue is None or path is None:
+            url = queue.task_url if queue else ""
+        elif queue.queue_level_routing:
+            problems.append(f"path: queue {queue.key!r} routes every task to its own path at queue level; drop path")
+            return ""
+        elif not path.startswith("/"):
+            problems.append(f"path: {path!r} must start with '/'")
+            return ""
+        else:
+            url = self.outputs.service_url.rstrip("/") + path
+        if len(url) > MAX_URL_LENGTH:
+            problems.append(
+                f"path: the task URL is {len(url)} characters, above the Cloud Tasks limit of {MAX_URL_LENGTH}"
+            )
+        return url
+
+    def _task_name(self, queue: QueueOutputs | None, name: str | None, key: str | None, problems: list[str]) -> str:
+        if name is not None and key is not None:
+            problems.append("name, dedupe_key: give one or the other (dedupe_key derives the name)")
+            return ""
+        task_id = task_id_for(key) if key is not None else name
+        if task_id is None or queue is None:
+            return ""
+        if not TASK_ID.fullmatch(task_id):
+            problems.append(f"name: {task_id!r} is not a task id (1-500 letters, digits, '-' or '_')")
+            return ""
+        return f"{queue.path}/tasks/{task_id}"
+
+    def _schedule(self, delay: timedelta | float | None, at: datetime | None, problems: list[str]) -> datetime | None:
+        if delay is not None and at is not None:
+            problems.append("delay, schedule_at: give one or the other")
+            return None
+        now = self._now()
+        if delay is not None:
+            delta = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+            if delta < timedelta(0) or delta > MAX_SCHEDULE_AHEAD:
+                problems.append(f"delay: {delta} is outside 0..30 days (Cloud Tasks schedules at most 30 days ahead)")
+                return None
+            return now + delta
+        if at is not None:
+            if at.tzinfo is None:
+                problems.append(f"schedule_at: {at.isoformat()} has no time zone; pass an aware datetime")
+            elif at - now > MAX_SCHEDULE_AHEAD:
+                problems.append(f"schedule_at: {at.isoformat()} is more than 30 days ahead (the Cloud Tasks limit)")
+            else:
+                return at
+        return None
+
+
+def _body(payload: Any, problems: list[str]) -> tuple[bytes, str | None]:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        body, content_type = bytes(payload), None
+    else:
+        try:
+            body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as err:
+            problems.append(f"payload: not JSON-serialisable ({err}); pass bytes to send it as it is")
+            return b"", None
+        # Cloud Tasks sets no Content-Type for HTTP tasks, and sources disagree on a default: always set it.
+        content_type = "application/json"
+    if len(body) > MAX_BODY_BYTES:
+        problems.append(
+            f"payload: {len(body):,} bytes is above the {MAX_BODY_BYTES:,}-byte task limit;"
+            " store the data elsewhere and send its id"
+        )
+    return body, content_type
+
+
+def _headers(headers: Mapping[str, str] | None, content_type: str | None, problems: list[str]) -> dict[str, str]:
+    given = dict(headers or {})
+    result = {}
+    # A Content-Type the caller gives wins over the one derived from the payload.
+    if content_type and not any(key.lower() == "content-type" for key in given):
+        result["Content-Type"] = content_type
+    for key, value in given.items():
+        lower = key.lower()
+        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
+            problems.append(f"headers: {key!r} is set by Cloud Tasks (or the OIDC token); remove it")
+        elif not isinstance(value, str):
+            problems.append(f"headers: {key!r} must be a string, got {type(value).__name__}")
+        else:
+            result[key] = value
+    size = sum(len(k) + len(v) for k, v in result.items())
+    if size >= MAX_HEADER_BYTES:
+        problems.append(f"headers: {size:,} bytes is at or above the Cloud Tasks limit of {MAX_HEADER_BYTES:,}")
+    return result
+
+
+def _deadline(deadline: timedelta | float | None, queue: QueueOutputs | None, problems: list[str]) -> timedelta:
+    if deadline is None:
+        return timedelta(seconds=queue.dispatch_deadline_seconds if queue else 600)
+    value = deadline if isinstance(deadline, timedelta) else timedelta(seconds=deadline)
+    if not MIN_DEADLINE <= value <= MAX_DEADLINE:
+        problems.append(f"deadline: {value.total_seconds():g}s is outside 15s..1800s (Cloud Tasks HTTP task range)")
+    return value
+
+
+def read_outputs_document(path: str | Path, stdin: IO[str] | None = None) -> dict[str, Any]:
+    """The JSON document of `pulumi stack output --json`, from a file or ("-") standard input."""
+    if str(path) == "-":
+        return _parse_json((stdin or sys.stdin).read(), "standard input")
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise StackOutputsError(f"outputs file {path}: {err.strerror}") from None
+    return _parse_json(text, f"outputs file {path}")
+
+
+def _parse_json(text: str, where: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as err:
+        raise StackOutputsError(f"{where}: not JSON ({err}); expected `pulumi stack output --json`") from None
+    if not isinstance(document, dict):
+        raise StackOutputsError(f"{where}: expected a JSON object of stack outputs, got {type(document).__name__}")
+    return document
