@@ -1,0 +1,5 @@
+import sys
+
+from taskclient.cli import main
+
+sys.exit(main())
