@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 from typing import Any
 
@@ -80,3 +82,31 @@ def test_documented_default_is_the_code_default(key: str) -> None:
     value = DEFAULTS[key]
     shown = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
     assert table("Configuration reference")[key][1] == f"`{shown}`"
+
+
+def python_example(heading: str) -> str:
+    section = README.split(f"\n### {heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_taskclient_example_runs_as_written(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_tasks_server import CloudTasksServer, FakeCloudTasks
+
+    from harness import run_stack
+
+    outputs = dict(run_stack("dev").outputs)
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    monkeypatch.chdir(tmp_path)
+    state = FakeCloudTasks()
+    for queue in outputs["queues"].values():
+        state.add_queue(queue["path"])
+    with CloudTasksServer(state) as server:
+        monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", server.address)
+        namespace: dict[str, Any] = {}
+        exec(compile(python_example("From Python: `taskclient`"), "README.md", "exec"), namespace)
+    assert namespace["failed"] == []
+    assert len(namespace["results"]) == 1000
+    assert len(state.tasks) == 1002
+    assert namespace["name"].startswith(outputs["default_queue_path"] + "/tasks/")

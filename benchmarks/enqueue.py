@@ -1,0 +1,165 @@
+"""Enqueue throughput: taskclient's publish_many against the guide's pattern and the raw gRPC ceiling.
+
+All contenders create the same HTTP task (OIDC token, JSON body) on the same loopback gRPC server, run in
+its own process, in one run. The server answers each CreateTask after `--delays` milliseconds: 0 measures
+client overhead, 20 stands for the network round trip to Cloud Tasks, where concurrency decides.
+
+    venv/bin/python benchmarks/enqueue.py            # prints one table per delay, with ratios
+
+Contenders:
+  guide        a new client (and channel) and one create_task per task, one after another, as the guide's
+               create_http_task_with_token.py sample does when called per task
+  publish      TaskPublisher.publish, one after another, over one reused channel
+  publish_many TaskPublisher.publish_many(concurrency=C) over one reused channel
+  raw ceiling  pre-serialised CreateTaskRequest bytes on a bare grpc channel, C calls in flight: what the
+               server and the gRPC stack allow with no client library work at all
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from harness import run_stack  # noqa: E402
+from taskclient.connection import connect  # noqa: E402
+from taskclient.publisher import Outcome, TaskPublisher, TaskRequest  # noqa: E402
+
+CREATE_TASK = "/google.cloud.tasks.v2.CloudTasks/CreateTask"
+
+
+def start_server(delay_ms: int, queue_path: str) -> tuple[subprocess.Popen[str], str]:
+    script = ROOT / "tests" / "cloud_tasks_server.py"
+    command = [sys.executable, str(script), "--port", "0", "--delay-ms", str(delay_ms), "--queue", queue_path]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    line = server.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        server.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return server, line.removeprefix("listening on ")
+
+
+def timed(count: int, run: Callable[[], int]) -> tuple[int, float]:
+    started = time.perf_counter()
+    created = run()
+    elapsed = time.perf_counter() - started
+    if created != count:
+        raise SystemExit(f"created {created} of {count} tasks")
+    return count, elapsed
+
+
+def guide_pattern(address: str, publisher: TaskPublisher, count: int) -> int:
+    created = 0
+    for n in range(count):
+        parent, task = publisher.build(TaskRequest({"n": n}))
+        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(address)))
+        client.create_task(parent=parent, task=task)
+        client.transport.close()
+        created += 1
+    return created
+
+
+def publish_one_by_one(publisher: TaskPublisher, count: int) -> int:
+    return sum(1 for n in range(count) if publisher.publish({"n": n}))
+
+
+def publish_many(publisher: TaskPublisher, count: int, concurrency: int) -> int:
+    results = publisher.publish_many(({"n": n} for n in range(count)), concurrency=concurrency)
+    return sum(1 for r in results if r.outcome is Outcome.CREATED)
+
+
+def raw_ceiling(address: str, publisher: TaskPublisher, count: int, concurrency: int) -> Callable[[], int]:
+    requests = []
+    for n in range(count):
+        parent, task = publisher.build(TaskRequest({"n": n}))
+        requests.append(tasks_v2.CreateTaskRequest.serialize(tasks_v2.CreateTaskRequest(parent=parent, task=task)))
+    channel = grpc.insecure_channel(address)
+    call = channel.unary_unary(CREATE_TASK)
+    grpc.channel_ready_future(channel).result(timeout=10)
+
+    def run() -> int:
+        window = threading.BoundedSemaphore(concurrency)
+        done = threading.Event()
+        created = 0
+        lock = threading.Lock()
+
+        def finished(future: grpc.Future) -> None:
+            nonlocal created
+            future.result()
+            with lock:
+                created += 1
+                if created == count:
+                    done.set()
+            window.release()
+
+        for request in requests:
+            window.acquire()
+            call.future(request).add_done_callback(finished)
+        done.wait(timeout=600)
+        channel.close()
+        return created
+
+    return run
+
+
+def measure(delay_ms: int, concurrency: int, counts: dict[str, int]) -> list[tuple[str, int, float]]:
+    outputs = dict(run_stack("dev").outputs)
+    queue_path = outputs["queues"][outputs["default_queue"]]["path"]
+    server, address = start_server(delay_ms, queue_path)
+    rows = []
+    try:
+        with TaskPublisher.from_mapping(outputs, connection=connect(address)) as publisher:
+            publisher.publish({"warm": "up"})
+            rows.append(("guide", *timed(counts["guide"], lambda: guide_pattern(address, publisher, counts["guide"]))))
+            rows.append(
+                ("publish", *timed(counts["publish"], lambda: publish_one_by_one(publisher, counts["publish"])))
+            )
+            label = f"publish_many c={concurrency}"
+            rows.append((label, *timed(counts["many"], lambda: publish_many(publisher, counts["many"], concurrency))))
+            ceiling = raw_ceiling(address, publisher, counts["many"], concurrency)
+            rows.append((f"raw ceiling c={concurrency}", *timed(counts["many"], ceiling)))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return rows
+
+
+def print_table(delay_ms: int, rows: list[tuple[str, int, float]]) -> None:
+    rates = {name: count / seconds for name, count, seconds in rows}
+    guide = rates["guide"]
+    ceiling = next(rate for name, rate in rates.items() if name.startswith("raw ceiling"))
+    print(f"\nCreateTask on loopback, server delay {delay_ms} ms per RPC")
+    print(f"{'contender':<22}{'tasks':>7}{'seconds':>9}{'tasks/s':>10}{'x guide':>9}{'% ceiling':>11}")
+    for name, count, seconds in rows:
+        rate = count / seconds
+        print(f"{name:<22}{count:>7}{seconds:>9.2f}{rate:>10.0f}{rate / guide:>9.1f}{100 * rate / ceiling:>10.0f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delays", default="0,20", help="server delays in ms, comma-separated (default 0,20)")
+    parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
+    parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
+    args = parser.parse_args()
+    for delay_ms in (int(d) for d in args.delays.split(",")):
+        # Sequential contenders get fewer tasks: at 20 ms each, 4,000 would take minutes to say the same.
+        counts = {"guide": 300 if delay_ms == 0 else 100, "publish": 1000 if delay_ms == 0 else 150, "many": args.tasks}
+        print_table(delay_ms, measure(delay_ms, args.concurrency, counts))
+    print(f"\n{os.cpu_count()} cores; client and server share them. {time.strftime('%Y-%m-%d')}")
+
+
+if __name__ == "__main__":
+    main()
