@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import mocks, settings
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_DIR / "__main__.py"
@@ -183,6 +183,7 @@ def evaluate(
     # A fresh Stack per run, and no output tasks left over from a run that failed (as pulumi.runtime.test does).
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
+    _ensure_event_loop()  # type: ignore[no-untyped-call]  # asyncio.run() elsewhere leaves none behind
     pulumi.runtime.set_all_config(dict(config))
     pulumi.runtime.set_mocks(
         cloud, project=project, stack=stack, preview=preview, monitor=monitor, logger=warnings.logger

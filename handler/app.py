@@ -1,0 +1,224 @@
+"""The HTTP side of the handler: Cloud Tasks' requests in, the response contract out.
+
+2xx   the work is done, or the task was dead-lettered (permanent failure, or failure on the final
+      attempt), or it is a duplicate of a task already done: Cloud Tasks deletes it
+429   retry later (RetryLater, or another copy of the task is running now), with Retry-After
+500   a retryable failure: Cloud Tasks retries with the queue's backoff
+503   the handler cannot check tokens right now (certs unavailable): retried
+400   not a Cloud Tasks request (no X-CloudTasks-* headers); 401/403: token refused
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from handler.dead_letters import DeadLetterSink, LogDeadLetters, dead_letter
+from handler.environment import HandlerSettings
+from handler.idempotency import Claim, IdempotencyStore, MemoryStore
+from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
+from handler.structured_log import JsonLog
+from handler.tasks import MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
+
+MAX_BODY_BYTES = 1024 * 1024  # Cloud Tasks' largest task; anything bigger did not come from it intact
+IN_PROGRESS_RETRY_AFTER_S = 30
+CERTS_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    outcome: str  # done, duplicate, dead-lettered, retry, in-progress, failed, refused, rejected
+    reason: str = ""
+    retry_after: float | None = None
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {"status": self.outcome}
+        if self.reason:
+            body["reason"] = self.reason
+        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="task handler"'
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+class TaskService:
+    def __init__(
+        self,
+        router: TaskRouter,
+        settings: HandlerSettings,
+        store: IdempotencyStore,
+        dead_letters: DeadLetterSink,
+        verifier: TokenVerifier | None,
+        log: JsonLog,
+    ) -> None:
+        self._router = router
+        self._settings = settings
+        self._store = store
+        self._dead_letters = dead_letters
+        self._verifier = verifier
+        self._log = log
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        path = "/" + request.path_params["path"]
+        context: TaskContext | None = None
+        try:
+            reply = await self._authorised(request)
+            if reply is None:
+                # One pass into a dict: Starlette's Headers scans its list on every lookup.
+                context = TaskContext.from_headers(dict(request.headers.items()), self._max_attempts)
+                reply = await self._deliver(request, path, context)
+        except MalformedHeaders as err:
+            reply = Reply(400, "rejected", f"not a Cloud Tasks request: {err}")
+        self._log_request(request, path, context, reply, time.perf_counter() - started)
+        return reply.response()
+
+    def _max_attempts(self, queue: str) -> int | None:
+        policy = self._settings.queues.get(queue)
+        return policy.max_attempts if policy else None
+
+    async def _authorised(self, request: Request) -> Reply | None:
+        """None when the caller may call; else the refusal."""
+        if self._verifier is None:
+            return None
+        audience = self._settings.oidc_audience or _origin(request)
+        try:
+            await run_in_threadpool(self._verifier.verify, request.headers.get("authorization"), audience)
+        except TokenRejected as err:
+            return Reply(err.status, "refused", err.reason)
+        except VerifierUnavailable as err:
+            return Reply(503, "failed", f"cannot check tokens now: {err}", CERTS_RETRY_AFTER_S)
+        return None
+
+    async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
+        key = f"{context.queue}/{context.task}"
+        claim = await self._store.claim(key)
+        if claim is Claim.DONE:
+            return Reply(200, "duplicate", "this task was done before")
+        if claim is Claim.IN_PROGRESS:
+            return Reply(429, "in-progress", "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S)
+        body = await _body(request)
+        reply = await self._run(path, body, context)
+        if reply.status < 300:
+            await self._store.complete(key)
+        else:
+            await self._store.release(key)
+        return reply
+
+    async def _run(self, path: str, body: bytes | None, context: TaskContext) -> Reply:
+        function = self._router.get(path)
+        if function is None:
+            return await self._dead_letter(path, body, context, f"no task type is registered at {path}")
+        if body is None:
+            return await self._dead_letter(path, b"", context, f"body is over {MAX_BODY_BYTES} bytes")
+        try:
+            payload = json.loads(body)
+        except ValueError as err:
+            return await self._dead_letter(path, body, context, f"body is not JSON: {err}")
+        try:
+            if inspect.iscoroutinefunction(function):
+                await function(payload, context)
+            else:
+                # A blocking work function runs in a worker thread, never on the event loop.
+                await run_in_threadpool(function, payload, context)
+        except PermanentError as err:
+            return await self._dead_letter(path, body, context, f"permanent failure: {err}")
+        except RetryLater as err:
+            if context.is_final_attempt:
+                return await self._dead_letter(path, body, context, f"{_final(context)}: retry later: {err}")
+            return Reply(429, "retry", str(err), err.after_seconds)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}"
+            if context.is_final_attempt:
+                return await self._dead_letter(path, body, context, f"{_final(context)}: {reason}")
+            return Reply(500, "failed", reason)
+        return Reply(200, "done")
+
+    async def _dead_letter(self, path: str, body: bytes | None, context: TaskContext, reason: str) -> Reply:
+        letter = dead_letter(context.queue, context.task, path, context.attempt, reason, body or b"")
+        try:
+            await self._dead_letters.record(letter)
+        except Exception as err:
+            return Reply(500, "failed", f"dead-letter sink failed ({type(err).__name__}: {err}); {reason}")
+        return Reply(200, "dead-lettered", reason)
+
+    def _log_request(
+        self, request: Request, path: str, context: TaskContext | None, reply: Reply, seconds: float
+    ) -> None:
+        severity = "INFO" if reply.status < 400 or reply.status == 429 else "WARNING"
+        if reply.outcome in ("dead-lettered", "failed"):
+            severity = "ERROR"
+        fields: dict[str, Any] = {
+            "outcome": reply.outcome,
+            "path": path,
+            "latencyMs": round(seconds * 1000, 3),
+            "httpRequest": {
+                "requestMethod": "POST",
+                "requestUrl": path,
+                "status": reply.status,
+                "latency": f"{seconds:.6f}s",
+            },
+        }
+        if reply.reason:
+            fields["reason"] = reply.reason
+        if context is not None:
+            fields |= {"queue": context.queue, "task": context.task, "attempt": context.attempt}
+        message = f"task {reply.outcome}" if context else f"request {reply.outcome}"
+        self._log.emit(severity, message, trace=request.headers.get("x-cloud-trace-context"), **fields)
+
+
+def _final(context: TaskContext) -> str:
+    return f"final attempt ({context.attempt} of {context.max_attempts})"
+
+
+def _origin(request: Request) -> str:
+    """The URL the caller addressed: on Cloud Run, the service URL, which is what the token's audience is."""
+    scheme = request.headers.get("x-forwarded-proto", request.url.scheme)
+    return f"{scheme}://{request.headers.get('host', request.url.netloc)}"
+
+
+async def _body(request: Request) -> bytes | None:
+    """The body, or None when it is over the limit (read no further than the limit)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def health(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    router: TaskRouter,
+    settings: HandlerSettings,
+    *,
+    store: IdempotencyStore | None = None,
+    dead_letters: DeadLetterSink | None = None,
+    verifier: TokenVerifier | None = None,
+    log: JsonLog | None = None,
+) -> Starlette:
+    """The ASGI app. Defaults: in-memory idempotency, dead letters to the log, token checks only when
+    `settings.verify_oidc` (then against `settings.certs_url`, accepting `settings.invoker_emails`)."""
+    log = log or JsonLog(project=settings.project)
+    if verifier is None and settings.verify_oidc:
+        verifier = TokenVerifier(allowed_emails=settings.invoker_emails, certs_url=settings.certs_url)
+    service = TaskService(router, settings, store or MemoryStore(), dead_letters or LogDeadLetters(log), verifier, log)
+    # Cloud Run reserves paths ending in "z" (such as /healthz), hence /health.
+    return Starlette(
+        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service.handle, methods=["POST"])]
+    )
