@@ -103,7 +103,12 @@ def _handler_args(
         concurrency=service.concurrency,
         cpu=service.cpu,
         memory=service.memory,
-        env={**dict(service.env), environment.QUEUES: queue_table, environment.INVOKER_EMAILS: invoker.email},
+        env={
+            **dict(service.env),
+            environment.QUEUES: queue_table,
+            environment.INVOKER_EMAILS: invoker.email,
+            environment.PROJECT: s.project,
+        },
         manage_image=service.manage_image,
         deletion_protection=s.deletion_protection,
     )

@@ -342,6 +342,7 @@ RESERVED_ENV = (
     environment.PORT,
     environment.QUEUES,
     environment.INVOKER_EMAILS,
+    environment.PROJECT,
     "K_SERVICE",
     "K_REVISION",
     "K_CONFIGURATION",

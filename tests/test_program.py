@@ -125,6 +125,7 @@ def test_service_env_tells_the_handler_each_queue_max_attempts_and_its_invoker(d
         queues["emails"]["id"]: {"key": "emails", "maxAttempts": 10},
     }
     assert env[environment.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
+    assert env[environment.PROJECT] == "my-tasks-dev"
 
 
 def test_user_env_is_passed_beside_the_stack_env(prod: ProgramRun) -> None:

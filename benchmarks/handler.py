@@ -1,0 +1,131 @@
+"""Handler throughput: a no-op task against a bare endpoint of the same server, in one run.
+
+Starts `python -m handler` on loopback and drives it from this process with keep-alive HTTP/1.1
+connections (plain asyncio streams: a load generator lighter than any HTTP client library, so the
+server is what is measured). The bare endpoint is GET /health; the task is POST /tasks/default with
+an empty JSON object and the Cloud Tasks headers, a new task id each time, so every request goes
+through header parsing, the idempotency claim, JSON decoding, the work function and the log entry.
+
+    venv/bin/python benchmarks/handler.py [--seconds 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUE = "bench-default-000000"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_handler(port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TASKS_QUEUES": json.dumps({QUEUE: {"key": "default", "maxAttempts": 5}}),
+    }
+    handler = subprocess.Popen(
+        [sys.executable, "-m", "handler", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, cwd=ROOT
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return handler
+        except OSError:
+            time.sleep(0.05)
+    handler.kill()
+    raise SystemExit("handler did not start")
+
+
+def bare_request(_: int) -> bytes:
+    return b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def task_request(n: int) -> bytes:
+    body = b"{}"
+    return (
+        b"POST /tasks/default HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        + f"X-CloudTasks-QueueName: {QUEUE}\r\nX-CloudTasks-TaskName: t{n}\r\n".encode()
+        + b"X-CloudTasks-TaskRetryCount: 0\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def connection(port: int, make: object, counter: itertools.count[int], stop_at: float, done: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    completed = 0
+    try:
+        while time.perf_counter() < stop_at:
+            writer.write(make(next(counter)))  # type: ignore[operator]
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
+            await reader.readexactly(length)
+            if status != 200:
+                raise SystemExit(f"unexpected status {status}")
+            completed += 1
+    finally:
+        writer.close()
+    done.append(completed)
+
+
+async def load(port: int, make: object, seconds: float, connections: int) -> tuple[int, float]:
+    counter = itertools.count()
+    done: list[int] = []
+    started = time.perf_counter()
+    stop_at = started + seconds
+    await asyncio.gather(*(connection(port, make, counter, stop_at, done) for _ in range(connections)))
+    return sum(done), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default 5)")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    port = free_port()
+    handler = start_handler(port)
+    try:
+        asyncio.run(load(port, bare_request, 1.0, args.connections))  # warm up
+        totals = {"bare GET /health": [0, 0.0], "no-op task POST /tasks/default": [0, 0.0]}
+        # Alternate the two twice, so drift on a shared machine falls on both alike.
+        for _ in range(2):
+            for name, make in (("bare GET /health", bare_request), ("no-op task POST /tasks/default", task_request)):
+                count, seconds = asyncio.run(load(port, make, args.seconds / 2, args.connections))
+                totals[name][0] += count
+                totals[name][1] += seconds
+    finally:
+        handler.terminate()
+        handler.wait(timeout=15)
+    rates = {name: count / seconds for name, (count, seconds) in totals.items()}
+    bare = rates["bare GET /health"]
+    print(
+        f"\nHandler on loopback, {args.connections} keep-alive connections, {os.cpu_count()} cores shared with the load"
+    )
+    print(f"{'endpoint':<34}{'requests':>10}{'req/s':>9}{'vs bare':>9}")
+    for name, (count, _) in totals.items():
+        print(f"{name:<34}{count:>10}{rates[name]:>9.0f}{rates[name] / bare:>9.2f}")
+    print(time.strftime("%Y-%m-%d"))
+
+
+if __name__ == "__main__":
+    main()
