@@ -72,14 +72,20 @@ class TaskService:
         started = time.perf_counter()
         path = "/" + request.path_params["path"]
         context: TaskContext | None = None
+        malformed: MalformedHeaders | None = None
         try:
-            reply = await self._authorised(request)
-            if reply is None:
-                # One pass into a dict: Starlette's Headers scans its list on every lookup.
-                context = TaskContext.from_headers(dict(request.headers.items()), self._max_attempts)
-                reply = await self._deliver(request, path, context)
+            # One pass into a dict: Starlette's Headers scans its list on every lookup.
+            context = TaskContext.from_headers(dict(request.headers.items()), self._max_attempts)
         except MalformedHeaders as err:
-            reply = Reply(400, "rejected", f"not a Cloud Tasks request: {err}")
+            malformed = err
+        # The token is checked first, so a caller without one learns nothing else; the context, when the
+        # headers parse, still names the task in the log entry of a refusal.
+        reply = await self._authorised(request)
+        if reply is None:
+            if context is None:
+                reply = Reply(400, "rejected", f"not a Cloud Tasks request: {malformed}")
+            else:
+                reply = await self._deliver(request, path, context)
         self._log_request(request, path, context, reply, time.perf_counter() - started)
         return reply.response()
 

@@ -1,0 +1,1 @@
+"""Local emulators of the Google Cloud services local mode needs."""
