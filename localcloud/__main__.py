@@ -1,0 +1,134 @@
+"""Local mode on the command line: `python -m localcloud <command>`, one function per command.
+
+python -m localcloud emulator --port 8123 [--http-port 8124] [--task-tombstone-ttl 3600]
+python -m localcloud up [--stack dev] [--outputs .localcloud/outputs.json] [--emulator-port P] [--handler-port P]
+python -m localcloud demo [--stack dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["build_parser", "main", "run_emulator"]
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    """Serve the Cloud Tasks emulator on 127.0.0.1 until SIGTERM or SIGINT; print one ready line first."""
+    from localcloud.emulator.service import CloudTasksEmulator
+
+    stop = _stop_on_signals()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one dispatch line per attempt is ours to write
+    try:
+        emulator = CloudTasksEmulator(
+            port=args.port, http_port=args.http_port, task_tombstone_ttl=args.task_tombstone_ttl
+        ).start()
+    except (OSError, RuntimeError) as error:
+        print(f"emulator: cannot start: {error}", file=sys.stderr)
+        return 2
+    try:
+        http = f" http={emulator.oidc_url}" if emulator.oidc_url else ""
+        print(f"emulator ready grpc={emulator.address}{http}", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m localcloud", description="Run the stack on this machine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    emulator = commands.add_parser("emulator", help="serve the Cloud Tasks gRPC API on 127.0.0.1 and dispatch tasks")
+    emulator.add_argument("--port", type=int, default=8123, help="gRPC port on 127.0.0.1 (0: a free one; default 8123)")
+    emulator.add_argument(
+        "--http-port", type=int, default=None, help="also serve the OIDC signing keys over HTTP on this port"
+    )
+    emulator.add_argument(
+        "--task-tombstone-ttl",
+        type=_non_negative,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a finished or deleted task's name stays reserved (default 3600; 0: not at all)",
+    )
+    emulator.set_defaults(handler=run_emulator)
+
+    up = commands.add_parser("up", help="evaluate the program offline and run the stack locally until Ctrl-C")
+    up.add_argument("--stack", default="dev", help="the Pulumi.<stack>.yaml to use (default dev)")
+    up.add_argument("--outputs", type=Path, default=OUTPUTS, help=f"where to write the outputs (default {OUTPUTS})")
+    up.add_argument("--emulator-port", type=int, default=8123, help="gRPC port of the emulator (default 8123)")
+    up.add_argument("--handler-port", type=int, default=8080, help="port of the task handler (default 8080)")
+    up.add_argument("--http-port", type=int, default=8124, help="port of the token signing keys (default 8124)")
+    up.set_defaults(handler=run_up)
+
+    demo = commands.add_parser("demo", help="run the stack on free ports, send tasks, print what became of them")
+    demo.add_argument("--stack", default="dev", help="the Pulumi.<stack>.yaml to use (default dev)")
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every task (default 120)")
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+OUTPUTS = Path(".localcloud/outputs.json")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from localcloud.stack import LocalStackError
+    from localcloud.up import run_up as serve
+
+    try:
+        return serve(
+            args.stack,
+            args.outputs.resolve(),
+            emulator_port=args.emulator_port,
+            handler_port=args.handler_port,
+            http_port=args.http_port,
+        )
+    except LocalStackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from localcloud.demo import run_demo as demo
+    from localcloud.stack import LocalStackError
+
+    try:
+        return demo(args.stack, timeout=args.timeout)
+    except LocalStackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Queue configuration: validation, Cloud Tasks' defaults, the derived burst size and UpdateQueue masks.
+
+Defaults are what Cloud Tasks reports for a queue created without settings (creating-queues "describe"
+output): 500 dispatches/s, 1000 concurrent, 100 attempts, backoff 0.1 s..3600 s, 16 doublings. Protobuf 3
+cannot tell an unset number from 0, so 0 (or an unset field) means "use the default" for the rate, the
+concurrency, max_attempts and max_doublings; backoff durations have presence, so an explicit 0 s is kept.
+Backoffs are not truncated to whole seconds (the docs say they are, yet the default is 0.1 s) so tests can
+use short ones.
+
+max_burst_size is output only ("Cloud Tasks will pick the value of max_burst_size based on the value of
+max_dispatches_per_second"); any value a client sends is replaced by `burst_size(rate)`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from google.cloud import tasks_v2
+
+from localcloud.emulator.errors import invalid_argument
+from localcloud.emulator.retry import RetryPolicy
+from localcloud.emulator.routing import TargetOverride, parse_http_target
+
+__all__ = [
+    "DEFAULT_CONCURRENT",
+    "DEFAULT_RATE",
+    "MAX_BURST",
+    "QueueSettings",
+    "apply_update_mask",
+    "burst_size",
+    "normalize_queue",
+    "retry_policy",
+]
+
+DEFAULT_RATE = 500.0
+MAX_RATE = 500.0  # "The maximum allowed value is 500."
+DEFAULT_CONCURRENT = 1000
+MAX_CONCURRENT = 5000  # "The maximum allowed value is 5,000."
+MAX_BURST = 100  # what Cloud Tasks reports for a queue at the default (and maximum) rate of 500/s
+DEFAULT_MAX_ATTEMPTS = 100
+DEFAULT_MIN_BACKOFF = 0.1
+DEFAULT_MAX_BACKOFF = 3600.0
+DEFAULT_MAX_DOUBLINGS = 16
+
+# Queue fields UpdateQueue may change; name is the key and state/purge_time are output only.
+_MUTABLE_FIELDS = (
+    "app_engine_routing_override",
+    "http_target",
+    "rate_limits",
+    "retry_config",
+    "stackdriver_logging_config",
+)
+_IMMUTABLE_FIELDS = ("name", "state", "purge_time")
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """A queue's effective dispatch settings, parsed once per create/update so dispatch reads plain values."""
+
+    rate: float
+    burst: int
+    max_concurrent: int
+    retry: RetryPolicy
+    target: TargetOverride | None
+
+
+def burst_size(rate: float) -> int:
+    """The bucket size for `rate`: one second's worth of tokens, at least 1 and at most 100.
+
+    Cloud Tasks documents the burst as "generally at least equal to max_dispatches_per_second" yet reports 100
+    for the default 500/s; ceil(rate) capped at 100 honours both observations.
+    """
+    return max(1, min(MAX_BURST, math.ceil(rate)))
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
+
+
+def _set_seconds(duration: Any, value: float) -> None:
+    duration.FromNanoseconds(round(value * 1e9))
+
+
+def _normalize_rate_limits(rate_limits: Any) -> tuple[float, int]:
+    rate = rate_limits.max_dispatches_per_second
+    if math.isnan(rate) or rate < 0 or rate > MAX_RATE:
+        raise invalid_argument(
+            f"rate_limits.max_dispatches_per_second: {rate} is outside (0, {MAX_RATE:g}] (0 or unset: the default)"
+        )
+    concurrent = rate_limits.max_concurrent_dispatches
+    if not 0 <= concurrent <= MAX_CONCURRENT:
+        raise invalid_argument(
+            f"rate_limits.max_concurrent_dispatches: {concurrent} is outside 1..{MAX_CONCURRENT} "
+            "(0 or unset: the default)"
+        )
+    rate = rate or DEFAULT_RATE
+    concurrent = concurrent or DEFAULT_CONCURRENT
+    rate_limits.max_dispatches_per_second = rate
+    rate_limits.max_concurrent_dispatches = concurrent
+    rate_limits.max_burst_size = burst_size(rate)
+    return rate, concurrent
+
+
+def _check_duration(retry: Any, name: str, field: str) -> None:
+    if retry.HasField(name) and _seconds(getattr(retry, name)) < 0:
+        raise invalid_argument(f"{field}.{name} must not be negative, got {_seconds(getattr(retry, name))}s")
+
+
+def normalize_retry_config(retry: Any, field: str = "retry_config") -> RetryPolicy:
+    """Validate a RetryConfig (raw pb, modified in place to hold the defaults) and return its policy."""
+    if retry.max_attempts < -1:
+        raise invalid_argument(f"{field}.max_attempts must be >= -1 (-1: unlimited), got {retry.max_attempts}")
+    if retry.max_doublings < 0:
+        raise invalid_argument(f"{field}.max_doublings must not be negative, got {retry.max_doublings}")
+    for name in ("max_retry_duration", "min_backoff", "max_backoff"):
+        _check_duration(retry, name, field)
+    retry.max_attempts = retry.max_attempts or DEFAULT_MAX_ATTEMPTS
+    retry.max_doublings = retry.max_doublings or DEFAULT_MAX_DOUBLINGS
+    if not retry.HasField("min_backoff"):
+        _set_seconds(retry.min_backoff, DEFAULT_MIN_BACKOFF)
+    if not retry.HasField("max_backoff"):
+        _set_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
+    policy = retry_policy(retry)
+    if policy.min_backoff > policy.max_backoff:
+        raise invalid_argument(
+            f"{field}.min_backoff ({policy.min_backoff:g}s) must not exceed max_backoff ({policy.max_backoff:g}s)"
+        )
+    return policy
+
+
+def retry_policy(retry: Any) -> RetryPolicy:
+    """The policy of a normalized RetryConfig (raw pb)."""
+    return RetryPolicy(
+        max_attempts=retry.max_attempts,
+        max_retry_duration=_seconds(retry.max_retry_duration),
+        min_backoff=_seconds(retry.min_backoff),
+        max_backoff=_seconds(retry.max_backoff),
+        max_doublings=retry.max_doublings,
+    )
+
+
+def normalize_queue(queue: tasks_v2.Queue) -> QueueSettings:
+    """Validate `queue` (INVALID_ARGUMENT on any bad value), fill in the defaults in place, return its settings."""
+    pb = tasks_v2.Queue.pb(queue)
+    rate, concurrent = _normalize_rate_limits(pb.rate_limits)
+    retry = normalize_retry_config(pb.retry_config)
+    if pb.HasField("stackdriver_logging_config"):
+        ratio = pb.stackdriver_logging_config.sampling_ratio
+        if not 0.0 <= ratio <= 1.0:  # False for NaN too
+            raise invalid_argument(f"stackdriver_logging_config.sampling_ratio must be within [0, 1], got {ratio}")
+    target = parse_http_target(queue.http_target) if pb.HasField("http_target") else None
+    return QueueSettings(rate, burst_size(rate), concurrent, retry, target)
+
+
+def _snake_case(segment: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", segment).lower()
+
+
+def _mask_fields(pb: Any, path: str) -> list[Any]:
+    """The chain of field descriptors a mask path names; INVALID_ARGUMENT if it names none or an immutable one."""
+    segments = [_snake_case(s) for s in path.split(".")]
+    if segments[0] in _IMMUTABLE_FIELDS:
+        raise invalid_argument(f'update_mask path "{path}": {segments[0]} cannot be changed by UpdateQueue')
+    if segments[0] not in _MUTABLE_FIELDS:
+        raise invalid_argument(f'update_mask path "{path}" does not name a field of Queue')
+    descriptor, chain = pb.DESCRIPTOR, []
+    for segment in segments:
+        field = descriptor.fields_by_name.get(segment) if descriptor is not None else None
+        if field is None:
+            raise invalid_argument(f'update_mask path "{path}" does not name a field of Queue')
+        chain.append(field)
+        descriptor = None if field.is_repeated else field.message_type
+    return chain
+
+
+def _copy_field(source: Any, target: Any, chain: list[Any]) -> None:
+    for field in chain[:-1]:
+        source, target = getattr(source, field.name), getattr(target, field.name)
+    leaf = chain[-1]
+    target.ClearField(leaf.name)
+    if leaf.is_repeated:
+        getattr(target, leaf.name).MergeFrom(getattr(source, leaf.name))
+    elif leaf.message_type is not None or leaf.has_presence:
+        if source.HasField(leaf.name):
+            if leaf.message_type is not None:
+                getattr(target, leaf.name).CopyFrom(getattr(source, leaf.name))
+            else:
+                setattr(target, leaf.name, getattr(source, leaf.name))
+    else:
+        setattr(target, leaf.name, getattr(source, leaf.name))
+
+
+def apply_update_mask(current: tasks_v2.Queue, update: tasks_v2.Queue, paths: list[str]) -> tasks_v2.Queue:
+    """A copy of `current` with the masked fields taken from `update` ("If empty, then all fields will be updated")."""
+    result = tasks_v2.Queue(current)
+    result_pb, update_pb = tasks_v2.Queue.pb(result), tasks_v2.Queue.pb(update)
+    for path in paths or _MUTABLE_FIELDS:
+        _copy_field(update_pb, result_pb, _mask_fields(update_pb, path))
+    return result
