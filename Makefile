@@ -4,7 +4,7 @@ VENV := venv
 PY := $(VENV)/bin/python
 PIP_VERSION := 25.3
 
-.PHONY: test lint typecheck unit clean
+.PHONY: test lint typecheck unit local clean
 
 test: lint typecheck unit
 
@@ -24,5 +24,9 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest
 
+# The whole flow on this machine: local emulator, real handler, tasks through the task client.
+local: $(VENV)/.installed
+	$(PY) -m localcloud demo
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .localcloud

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +18,10 @@ import pytest
 from oidc_support import AUDIENCE, INVOKER, CertsServer, make_key, mint
 
 from localcloud.program import PROJECT_DIR
+from localcloud.stack import free_port
 
 QUEUE = "tasks-dev-default-336068"
 QUEUES = json.dumps({QUEUE: {"key": "default", "maxAttempts": 3}})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class HandlerProcess:

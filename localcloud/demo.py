@@ -1,0 +1,192 @@
+"""`python -m localcloud demo`: the whole flow on one machine, with a summary that must show nothing lost.
+
+The local stack starts on free ports; a batch of tasks goes in through the task client (some that
+succeed, some that fail and are retried, some that can never succeed); the handler's log says what
+became of each; the summary counts delivered, retried, dead-lettered and lost, with latency from
+publish to outcome. Exit status 1 when any task is lost or ends otherwise than expected.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from localcloud.program import PROJECT_DIR
+from localcloud.stack import running, write_outputs
+from taskclient.connection import connect
+from taskclient.publisher import Outcome, PublishResult, TaskPublisher, TaskRequest
+from taskclient.stack_outputs import StackOutputs
+
+TERMINAL = {"done": "delivered", "dead-lettered": "dead-lettered"}
+EMAIL_PATH = "/tasks/send-email"
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    request: TaskRequest
+    expect: str  # "delivered" or "dead-lettered"
+    retries: bool  # expected to fail at least once first
+
+
+@dataclass
+class Fate:
+    published_at: float = 0.0
+    failed_attempts: int = 0
+    outcome: str | None = None
+    finished_at: float = 0.0
+
+
+@dataclass
+class Ledger:
+    """What the handler's log says about each task, keyed by (queue id, task id)."""
+
+    fates: dict[tuple[str, str], Fate] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def published(self, key: tuple[str, str], at: float) -> None:
+        with self.changed:
+            self.fates.setdefault(key, Fate()).published_at = at
+
+    def observe(self, line: str) -> None:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return
+        if "queue" not in entry or "task" not in entry:
+            return
+        with self.changed:
+            fate = self.fates.setdefault((entry["queue"], entry["task"]), Fate())
+            if entry.get("outcome") in TERMINAL and fate.outcome is None:
+                fate.outcome = TERMINAL[entry["outcome"]]
+                fate.finished_at = datetime.fromisoformat(entry["time"]).timestamp()
+            elif entry.get("outcome") in ("failed", "retry"):
+                fate.failed_attempts += 1
+            self.changed.notify_all()
+
+    def wait_until_settled(self, keys: list[tuple[str, str]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while any(self.fates[key].outcome is None for key in keys):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.changed.wait(remaining)
+
+
+def workload(outputs: StackOutputs) -> list[DemoTask]:
+    """Tasks for every queue of the stack, chosen by the task type its path reaches."""
+    tasks: list[DemoTask] = []
+    for key, queue in outputs.queues.items():
+        if queue.task_url.endswith(EMAIL_PATH):
+            tasks += [
+                DemoTask(TaskRequest({"to": f"user{n}@example.com"}, queue=key), "delivered", False) for n in range(10)
+            ]
+            tasks += [DemoTask(TaskRequest({"to": "nobody"}, queue=key), "dead-lettered", False) for _ in range(3)]
+        else:
+            tasks += [DemoTask(TaskRequest({"n": n}, queue=key), "delivered", False) for n in range(100)]
+            tasks += [
+                DemoTask(TaskRequest({"fail_attempts": 1 + n % 2}, queue=key), "delivered", True) for n in range(20)
+            ]
+            tasks += [
+                DemoTask(TaskRequest({"permanent": "demo: no such order"}, queue=key), "dead-lettered", False)
+            ] * 5
+    return tasks
+
+
+def _key(task_name: str) -> tuple[str, str]:
+    parts = task_name.split("/")
+    return parts[5], parts[7]  # projects/P/locations/L/queues/Q/tasks/T
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def run_demo(stack: str = "dev", timeout: float = 120.0, out: TextIO | None = None) -> int:
+    import sys
+
+    out = out or sys.stdout
+    workdir = PROJECT_DIR / ".localcloud"
+    workdir.mkdir(exist_ok=True)
+    ledger = Ledger()
+    log_path = workdir / "demo.log"
+    with log_path.open("w") as log, running(stack, on_line=_Lines(log, ledger)) as local:
+        write_outputs(local.plan.outputs, workdir / "outputs.json")
+        outputs = StackOutputs.from_mapping(local.plan.outputs)
+        tasks = workload(outputs)
+        print(f"local stack up: emulator {local.emulator_host}, handler {local.plan.service.url}", file=out)
+        print(f"publishing {len(tasks)} tasks to {', '.join(outputs.queues)} ...", file=out)
+        results = _publish(outputs, local.emulator_host, tasks, ledger)
+        keys = [_key(r.name) for r in results if r.name]
+        ledger.wait_until_settled(keys, timeout)
+    return _summarise(tasks, results, ledger, log_path, out)
+
+
+@dataclass
+class _Lines:
+    log: TextIO
+    ledger: Ledger
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, source: str, line: str) -> None:
+        with self.lock:
+            self.log.write(f"{source}: {line}\n")
+        if source == "handler":
+            self.ledger.observe(line)
+
+
+def _publish(outputs: StackOutputs, emulator_host: str, tasks: list[DemoTask], ledger: Ledger) -> list[PublishResult]:
+    def on_result(result: PublishResult) -> None:
+        if result.name:
+            ledger.published(_key(result.name), time.time())
+
+    with TaskPublisher(outputs, connection=connect(emulator_host)) as publisher:
+        return publisher.publish_many([t.request for t in tasks], concurrency=16, on_result=on_result)
+
+
+def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledger, log_path: Path, out: TextIO) -> int:
+    counts = {"published": 0, "delivered": 0, "retried": 0, "dead-lettered": 0, "lost": 0, "unexpected": 0}
+    latencies: list[float] = []
+    problems: list[str] = []
+    for task, result in zip(tasks, results, strict=True):
+        if result.outcome is not Outcome.CREATED or not result.name:
+            problems.append(f"not published: {result.error}")
+            counts["lost"] += 1
+            continue
+        counts["published"] += 1
+        fate = ledger.fates[_key(result.name)]
+        if fate.outcome is None:
+            counts["lost"] += 1
+            problems.append(f"lost: {result.name} (no outcome in the handler log)")
+            continue
+        counts[fate.outcome] += 1
+        counts["retried"] += fate.failed_attempts > 0
+        latencies.append(fate.finished_at - fate.published_at)
+        if fate.outcome != task.expect or (fate.failed_attempts > 0) != task.retries:
+            counts["unexpected"] += 1
+            problems.append(f"unexpected: {result.name} ended {fate.outcome} after {fate.failed_attempts} failures")
+    for problem in problems[:20]:
+        print(f"  {problem}", file=out)
+    print(
+        f"published {counts['published']}, delivered {counts['delivered']}, retried {counts['retried']},"
+        f" dead-lettered {counts['dead-lettered']}, lost {counts['lost']}, unexpected {counts['unexpected']}",
+        file=out,
+    )
+    if latencies:
+        print(
+            f"latency publish -> outcome: p50 {1000 * percentile(latencies, 0.5):.0f} ms,"
+            f" p95 {1000 * percentile(latencies, 0.95):.0f} ms, max {1000 * max(latencies):.0f} ms"
+            f" (mean {1000 * statistics.fmean(latencies):.0f} ms)",
+            file=out,
+        )
+    print(f"logs: {log_path.relative_to(PROJECT_DIR)}; outputs: .localcloud/outputs.json", file=out)
+    return 1 if counts["lost"] or counts["unexpected"] else 0

@@ -1,0 +1,302 @@
+"""The local stack: the Pulumi program evaluated offline, then realised on this machine.
+
+What the program declares becomes real on loopback: each `gcp.cloudtasks.Queue` a queue on the
+emulator (rate, retry, routing as configured), the `gcp.cloudrunv2.Service` the handler process with the
+environment the program gave it, and the run.invoker grants the set of accounts whose tokens that
+service accepts. Cloud Run checks the token's signature, audience and invoker role before a request
+reaches the container; locally the handler does the same checks, against the emulator's signing keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+from handler import environment as handler_env
+from localcloud.program import PROJECT_DIR, ProgramRun, SimulatedGcp, evaluate
+
+QUEUE = "gcp:cloudtasks/queue:Queue"
+SERVICE = "gcp:cloudrunv2/service:Service"
+SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
+RUN_INVOKER = "roles/run.invoker"
+READY = re.compile(r"emulator ready grpc=(\S+) http=(\S+)")
+STARTUP_TIMEOUT_S = 60
+
+
+class LocalStackError(RuntimeError):
+    """The local stack could not start; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    url: str
+    port: int
+    env: Mapping[str, str]  # as the program declared it for the container
+    invokers: frozenset[str]  # emails holding roles/run.invoker on this service
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    queues: tuple[tasks_v2.Queue, ...]
+    service: ServicePlan
+    outputs: Mapping[str, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stack_config(stack: str) -> dict[str, str]:
+    """The stack file's config as the Pulumi CLI hands it to the program."""
+    import yaml
+
+    path = PROJECT_DIR / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise LocalStackError(f"no stack file {path.name}; create it with `pulumi stack init {stack}`")
+    document = yaml.safe_load(path.read_text()) or {}
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in document["config"].items()}
+
+
+def plan(config: Mapping[str, str], stack: str, handler_port: int) -> LocalPlan:
+    """Evaluates the program with the service at http://127.0.0.1:<handler_port> and reads what it declares."""
+    url = f"http://127.0.0.1:{handler_port}"
+    run = evaluate(config, stack=stack, cloud=SimulatedGcp(service_url=lambda _: url))
+    return LocalPlan(queues=tuple(_queues(run)), service=_service(run, url, handler_port), outputs=run.outputs)
+
+
+def _service(run: ProgramRun, url: str, port: int) -> ServicePlan:
+    services = run.of_type(SERVICE)
+    if len(services) != 1:
+        raise LocalStackError(f"the program declares {len(services)} Cloud Run services; the local stack runs one")
+    inputs = services[0].inputs
+    container = inputs["template"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("envs", [])}
+    invokers = frozenset(
+        grant.inputs["member"].removeprefix("serviceAccount:")
+        for grant in run.of_type(SERVICE_IAM)
+        if grant.inputs["role"] == RUN_INVOKER and grant.inputs["name"] == inputs["name"]
+    )
+    return ServicePlan(name=inputs["name"], url=url, port=port, env=env, invokers=invokers)
+
+
+def _queues(run: ProgramRun) -> Iterator[tasks_v2.Queue]:
+    for registration in run.of_type(QUEUE):
+        yield queue_from_inputs(registration.inputs)
+
+
+def queue_from_inputs(inputs: Mapping[str, Any]) -> tasks_v2.Queue:
+    """The Cloud Tasks queue a `gcp.cloudtasks.Queue` with these (engine, camelCase) inputs creates."""
+    rates, retry = inputs.get("rateLimits", {}), inputs.get("retryConfig", {})
+    queue = tasks_v2.Queue(
+        name=f"projects/{inputs['project']}/locations/{inputs['location']}/queues/{inputs['name']}",
+        rate_limits=tasks_v2.RateLimits(
+            max_dispatches_per_second=rates.get("maxDispatchesPerSecond", 500),
+            max_concurrent_dispatches=int(rates.get("maxConcurrentDispatches", 1000)),
+        ),
+        retry_config=tasks_v2.RetryConfig(
+            max_attempts=int(retry.get("maxAttempts", 100)),
+            max_retry_duration=_duration(retry.get("maxRetryDuration", "0s")),
+            min_backoff=_duration(retry.get("minBackoff", "0.1s")),
+            max_backoff=_duration(retry.get("maxBackoff", "3600s")),
+            max_doublings=int(retry.get("maxDoublings", 16)),
+        ),
+        stackdriver_logging_config=tasks_v2.StackdriverLoggingConfig(
+            sampling_ratio=inputs.get("stackdriverLoggingConfig", {}).get("samplingRatio", 0.0)
+        ),
+    )
+    target = inputs.get("httpTarget")
+    if target:
+        queue.http_target = _http_target(target)
+    return queue
+
+
+def _http_target(target: Mapping[str, Any]) -> tasks_v2.HttpTarget:
+    http_target = tasks_v2.HttpTarget(http_method=getattr(tasks_v2.HttpMethod, target.get("httpMethod", "POST")))
+    override = target.get("uriOverride")
+    if override:
+        http_target.uri_override = tasks_v2.UriOverride(
+            scheme=getattr(tasks_v2.UriOverride.Scheme, override.get("scheme", "HTTPS")),
+            host=override.get("host", ""),
+            port=int(override["port"]) if override.get("port") else 0,
+            path_override=tasks_v2.PathOverride(path=override.get("pathOverride", {}).get("path", "")),
+            uri_override_enforce_mode=getattr(
+                tasks_v2.UriOverride.UriOverrideEnforceMode, override.get("uriOverrideEnforceMode", "ALWAYS")
+            ),
+        )
+    oidc = target.get("oidcToken")
+    if oidc:
+        http_target.oidc_token = tasks_v2.OidcToken(
+            service_account_email=oidc["serviceAccountEmail"], audience=oidc.get("audience", "")
+        )
+    return http_target
+
+
+def _duration(text: str) -> timedelta:
+    return timedelta(seconds=float(text.removesuffix("s")))
+
+
+@dataclass
+class RunningStack:
+    """The emulator and the handler, running; `emulator_host` is what CLOUD_TASKS_EMULATOR_HOST takes."""
+
+    plan: LocalPlan
+    emulator_host: str
+    certs_url: str
+    processes: list[subprocess.Popen[str]]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def running(
+    stack: str,
+    *,
+    emulator_port: int = 0,
+    handler_port: int = 0,
+    http_port: int = 0,
+    on_line: Callable[[str, str], None] | None = None,
+) -> Iterator[RunningStack]:
+    """Starts the emulator, the handler and the queues; stops everything on exit.
+
+    Every line the two processes print goes to `on_line(source, line)` ("emulator" or "handler").
+    """
+    config = stack_config(stack)
+    handler_port = handler_port or free_port()
+    local = plan(config, stack, handler_port)
+    processes: list[subprocess.Popen[str]] = []
+    stack_run = RunningStack(local, "", "", processes)
+    try:
+        emulator = _start(
+            [
+                sys.executable,
+                "-m",
+                "localcloud",
+                "emulator",
+                "--port",
+                str(emulator_port or free_port()),
+                "--http-port",
+                str(http_port or free_port()),
+            ],
+            {},
+            processes,
+        )
+        ready = _wait_for_ready(emulator)
+        stack_run.emulator_host, stack_run.certs_url = ready[0], ready[1] + "/oauth2/v1/certs"
+        _forward(emulator, "emulator", on_line)
+        handler = _start(
+            [sys.executable, "-m", "handler", "--port", str(handler_port)],
+            _handler_env(local.service, stack_run.certs_url),
+            processes,
+        )
+        _forward(handler, "handler", on_line)
+        _create_queues(stack_run.emulator_host, local.queues)
+        _wait_for_health(local.service.url, handler)
+        yield stack_run
+    finally:
+        stack_run.stop()
+
+
+def _handler_env(service: ServicePlan, certs_url: str) -> dict[str, str]:
+    # Cloud Run's checks, done by the handler: signature (emulator keys), audience (service URL), and the
+    # invoker role, taken from the run.invoker grants the program declares rather than from its own env.
+    return {
+        **service.env,
+        handler_env.VERIFY_OIDC: "true",
+        handler_env.OIDC_CERTS_URL: certs_url,
+        handler_env.OIDC_AUDIENCE: service.url,
+        handler_env.INVOKER_EMAILS: ",".join(sorted(service.invokers)),
+        handler_env.PORT: str(service.port),
+    }
+
+
+def _start(command: list[str], env: Mapping[str, str], processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "PYTHONUNBUFFERED": "1", **env}
+    process = subprocess.Popen(
+        command, env=full_env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    processes.append(process)
+    return process
+
+
+def _wait_for_ready(emulator: subprocess.Popen[str]) -> tuple[str, str]:
+    assert emulator.stdout is not None
+    seen = []
+    for line in emulator.stdout:
+        match = READY.search(line)
+        if match:
+            return match[1], match[2]
+        seen.append(line)
+    raise LocalStackError("the emulator stopped before it was ready:\n" + "".join(seen[-20:]))
+
+
+def _forward(process: subprocess.Popen[str], source: str, on_line: Callable[[str, str], None] | None) -> None:
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            if on_line is not None:
+                on_line(source, line.rstrip("\n"))
+
+    assert process.stdout is not None
+    threading.Thread(target=pump, args=(process.stdout,), daemon=True, name=f"{source}-output").start()
+
+
+def _create_queues(emulator_host: str, queues: tuple[tasks_v2.Queue, ...]) -> None:
+    channel = grpc.insecure_channel(emulator_host)
+    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    try:
+        for queue in queues:
+            parent = queue.name.rsplit("/queues/", 1)[0]
+            client.create_queue(parent=parent, queue=queue)
+    finally:
+        channel.close()
+
+
+def _wait_for_health(url: str, handler: subprocess.Popen[str]) -> None:
+    deadline = threading.Event()
+    timer = threading.Timer(STARTUP_TIMEOUT_S, deadline.set)
+    timer.start()
+    try:
+        while not deadline.is_set():
+            if handler.poll() is not None:
+                raise LocalStackError(f"the handler exited with status {handler.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                deadline.wait(0.05)  # still starting: poll its port again
+        raise LocalStackError(f"the handler did not answer {url}/health within {STARTUP_TIMEOUT_S} s")
+    finally:
+        timer.cancel()
+
+
+def write_outputs(outputs: Mapping[str, Any], path: Path) -> None:
+    """The outputs in the shape of `pulumi stack output --json`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outputs, indent=2, sort_keys=True) + "\n")

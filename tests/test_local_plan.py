@@ -1,0 +1,56 @@
+"""What the local stack makes of the program: the queues, the service and its invokers, the outputs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from google.cloud import tasks_v2
+
+from localcloud.stack import _handler_env, plan, stack_config
+from taskclient.stack_outputs import StackOutputs
+
+PORT = 18080
+URL = f"http://127.0.0.1:{PORT}"
+
+
+def dev_plan():  # type: ignore[no-untyped-def]
+    return plan(stack_config("dev"), "dev", PORT)
+
+
+def test_outputs_point_at_the_local_service() -> None:
+    outputs = StackOutputs.from_mapping(dev_plan().outputs)
+    assert outputs.service_url == outputs.oidc_audience == URL
+    assert outputs.queues["emails"].task_url == f"{URL}/tasks/send-email"
+
+
+def test_queues_carry_the_configured_rate_retry_and_routing() -> None:
+    local = dev_plan()
+    outputs = StackOutputs.from_mapping(local.outputs)
+    queues = {q.name: q for q in local.queues}
+    emails = queues[outputs.queues["emails"].path]
+    assert emails.rate_limits.max_dispatches_per_second == 5
+    assert emails.rate_limits.max_concurrent_dispatches == 20
+    assert emails.retry_config.max_attempts == 10
+    assert emails.retry_config.max_retry_duration == timedelta(hours=1)
+    override = emails.http_target.uri_override
+    assert (override.scheme, override.host, override.port) == (tasks_v2.UriOverride.Scheme.HTTP, "127.0.0.1", PORT)
+    assert override.path_override.path == "/tasks/send-email"
+    assert override.uri_override_enforce_mode == tasks_v2.UriOverride.UriOverrideEnforceMode.ALWAYS
+    assert emails.http_target.oidc_token.service_account_email == outputs.invoker_email
+    assert emails.http_target.oidc_token.audience == URL
+    default = queues[outputs.queues["default"].path]
+    assert default.retry_config.min_backoff == timedelta(seconds=1)
+    assert default.retry_config.max_doublings == 3
+    assert "http_target" not in default
+
+
+def test_the_service_runs_with_the_declared_env_and_cloud_runs_checks() -> None:
+    local = dev_plan()
+    outputs = StackOutputs.from_mapping(local.outputs)
+    assert local.service.invokers == {outputs.invoker_email}
+    env = _handler_env(local.service, "http://127.0.0.1:9/oauth2/v1/certs")
+    assert env["TASKS_QUEUES"] == local.service.env["TASKS_QUEUES"]
+    assert env["TASKS_VERIFY_OIDC"] == "true"
+    assert env["TASKS_OIDC_AUDIENCE"] == URL
+    assert env["TASKS_INVOKER_EMAILS"] == outputs.invoker_email
+    assert env["TASKS_OIDC_CERTS_URL"] == "http://127.0.0.1:9/oauth2/v1/certs"
