@@ -14,43 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from loopback import free_port, start_handler
+
 QUEUE = "bench-default-000000"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_handler(port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TASKS_QUEUES": json.dumps({QUEUE: {"key": "default", "maxAttempts": 5}}),
-    }
-    handler = subprocess.Popen(
-        [sys.executable, "-m", "handler", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, cwd=ROOT
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return handler
-        except OSError:
-            time.sleep(0.05)
-    handler.kill()
-    raise SystemExit("handler did not start")
 
 
 def bare_request(_: int) -> bytes:
@@ -103,7 +72,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     port = free_port()
-    handler = start_handler(port)
+    handler = start_handler(port, [QUEUE])
     try:
         asyncio.run(load(port, bare_request, 1.0, args.connections))  # warm up
         totals = {"bare GET /health": [0, 0.0], "no-op task POST /tasks/default": [0, 0.0]}
