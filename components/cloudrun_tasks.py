@@ -86,7 +86,15 @@ def _handler_args(
     service = s.service
     queue_table = pulumi.Output.all(**queue_ids).apply(
         lambda ids: json.dumps(
-            {ids[q.key]: {"key": q.key, "maxAttempts": q.retry.max_attempts} for q in s.queues}, sort_keys=True
+            {
+                ids[q.key]: {
+                    "key": q.key,
+                    "maxAttempts": q.retry.max_attempts,
+                    "dispatchDeadlineSeconds": float(q.dispatch_deadline.seconds),
+                }
+                for q in s.queues
+            },
+            sort_keys=True,
         )
     )
     return TaskHandlerServiceArgs(

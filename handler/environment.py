@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-# JSON object: physical queue id (the X-CloudTasks-QueueName header) -> {"key", "maxAttempts"}.
-# The handler uses maxAttempts to know which attempt is the last one (dead-letter instead of failing).
+# JSON object: physical queue id (the X-CloudTasks-QueueName header) -> {"key", "maxAttempts",
+# "dispatchDeadlineSeconds"}. The handler uses maxAttempts to know which attempt is the last one
+# (dead-letter instead of failing); the deadline is there so the service's configuration shows, and a
+# policy can check, that every queue's deadline fits in the request timeout.
 QUEUES: Final = "TASKS_QUEUES"
 # Comma-separated emails whose OIDC tokens the handler accepts when it verifies tokens itself.
 INVOKER_EMAILS: Final = "TASKS_INVOKER_EMAILS"

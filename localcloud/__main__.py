@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stack", default="dev", help="the Pulumi.<stack>.yaml to use (default dev)")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every task (default 120)")
     demo.set_defaults(handler=run_demo)
+
+    resources = commands.add_parser("resources", help="print the resources the program registers, as JSON")
+    resources.add_argument("--stack", default="dev", help="the Pulumi.<stack>.yaml to use (default dev)")
+    resources.set_defaults(handler=run_resources)
     return parser
 
 
@@ -111,6 +115,23 @@ def run_up(args: argparse.Namespace) -> int:
     except LocalStackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def run_resources(args: argparse.Namespace) -> int:
+    """The mocked run's registrations (type, inputs, options, dependencies), for the policy pack's tests."""
+    import json
+
+    from localcloud.program import ProgramError, evaluate
+    from localcloud.stack import LocalStackError, stack_config
+
+    try:
+        run = evaluate(stack_config(args.stack), stack=args.stack)
+    except (LocalStackError, ProgramError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    json.dump(run.documents(), sys.stdout, indent=1, sort_keys=True, default=str)
+    print()
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

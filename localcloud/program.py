@@ -51,6 +51,24 @@ class ProgramRun:
     output_dependencies: Mapping[str, frozenset[str]]
     warnings: tuple[str, ...] = ()
 
+    def documents(self) -> list[dict[str, Any]]:
+        """Every registration as plain JSON-able data: what a policy pack in another environment reads."""
+        return [
+            {
+                "urn": r.urn,
+                "type": r.type,
+                "name": r.name,
+                "custom": r.custom,
+                "parent": r.parent,
+                "inputs": dict(r.inputs),
+                "dependencies": list(r.dependencies),
+                "propertyDependencies": {k: list(v) for k, v in r.property_dependencies.items()},
+                "protect": r.protect,
+                "ignoreChanges": list(r.ignore_changes),
+            }
+            for r in self.resources
+        ]
+
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.resources if r.type == type_]
 

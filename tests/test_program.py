@@ -121,8 +121,8 @@ def test_service_env_tells_the_handler_each_queue_max_attempts_and_its_invoker(d
     env = {e["name"]: e["value"] for e in one(dev, SERVICE).inputs["template"]["containers"][0]["envs"]}
     queues = dev.outputs[OutputName.QUEUES]
     assert json.loads(env[environment.QUEUES]) == {
-        queues["default"]["id"]: {"key": "default", "maxAttempts": 5},
-        queues["emails"]["id"]: {"key": "emails", "maxAttempts": 10},
+        queues["default"]["id"]: {"key": "default", "maxAttempts": 5, "dispatchDeadlineSeconds": 600.0},
+        queues["emails"]["id"]: {"key": "emails", "maxAttempts": 10, "dispatchDeadlineSeconds": 120.0},
     }
     assert env[environment.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
     assert env[environment.PROJECT] == "my-tasks-dev"
