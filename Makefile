@@ -3,10 +3,17 @@ PYTHON ?= python3
 VENV := venv
 PY := $(VENV)/bin/python
 PIP_VERSION := 25.3
+# The policy pack's own virtualenv: pulumi-policy pins a protobuf the program's packages cannot share.
+POLICY_VENV := policy/venv
+POLICY_PY := $(POLICY_VENV)/bin/python
+# Each stack's resources as the program registers them (Pulumi mocks), for the pack's tests to check.
+POLICY_DUMPS := .localcloud/policy
+POLICY_STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
+PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard components/*.py handler/*.py taskclient/*.py localcloud/*.py)
 
-.PHONY: test lint typecheck unit local clean
+.PHONY: test lint typecheck unit policy deps bench local clean
 
-test: lint typecheck unit
+test: lint typecheck unit policy
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +31,32 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest
 
+$(POLICY_VENV)/.installed: policy/requirements.txt
+	$(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_PY) -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION)
+	$(POLICY_PY) -m pip install --quiet --disable-pip-version-check -r policy/requirements.txt
+	touch $@
+
+# Written whole or not at all, so a failed run never leaves a truncated dump behind.
+$(POLICY_DUMPS)/%.json: Pulumi.%.yaml $(PROGRAM_SOURCES) $(VENV)/.installed
+	mkdir -p $(POLICY_DUMPS)
+	$(PY) -m localcloud resources --stack $* > $@.tmp
+	mv $@.tmp $@
+
+# The pack's tests, in the pack's virtualenv, over the dumps made in the program's.
+policy: $(POLICY_VENV)/.installed $(POLICY_STACKS:%=$(POLICY_DUMPS)/%.json)
+	POLICY_RESOURCE_DUMPS="$(abspath $(POLICY_STACKS:%=$(POLICY_DUMPS)/%.json))" $(POLICY_PY) -m pytest -q policy/tests
+
+# What the deploy jobs need: the program's virtualenv and the policy pack's.
+deps: $(VENV)/.installed $(POLICY_VENV)/.installed
+
+# Every benchmark, each in its own process, then the machine they ran on (BENCH_ARGS=--quick: a fast check).
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
 # The whole flow on this machine: local emulator, real handler, tasks through the task client.
 local: $(VENV)/.installed
 	$(PY) -m localcloud demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .localcloud
+	rm -rf $(VENV) $(POLICY_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .localcloud
