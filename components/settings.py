@@ -163,7 +163,7 @@ class _Reader:
             problems.append(f"{self._at(unknown)}: unknown key; allowed keys are {', '.join(keys)}")
 
     def _at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        return f"{self.path}.{shown_key(key)}" if self.path else shown_key(key)
 
     def _get(self, key: str, kinds: tuple[type, ...], kind_name: str, default: Any) -> Any:
         value = self.value.get(key, _MISSING)
@@ -266,6 +266,12 @@ def _number(value: float) -> str:
 
 # `pulumi config set --path` stores anything but integers and true/false as a string.
 _NUMBER_HINT = " (write it unquoted in the stack file, or use `pulumi config set --path KEY VALUE --type float`)"
+
+
+def shown_key(key: str) -> str:
+    """A config key as a problem shows it: quoted and escaped when it holds a line break or other control
+    character, so every problem stays one line that starts with its path."""
+    return key if key.isprintable() else json.dumps(key)
 
 
 def _show(value: Any) -> str:
@@ -477,14 +483,14 @@ def _queues(
     queues = []
     for key, value in raw.items():
         if not _QUEUE_KEY.fullmatch(key):
-            problems.append(f"queues.{key}: queue names use only letters, digits and hyphens (1-100)")
+            problems.append(f"queues.{shown_key(key)}: queue names use only letters, digits and hyphens (1-100)")
         elif prefix is not None and len(key) > longest_key:
             problems.append(
                 f"queues.{key}: {len(key)} characters is too long; with namePrefix {prefix!r} and the"
                 f" random suffix the queue id must stay within {MAX_QUEUE_ID_LENGTH} (at most {longest_key})"
             )
         # A key with nothing under it (YAML `default:`) is a queue with every default.
-        reader = _Reader({} if value is None else value, f"queues.{key}", problems, QUEUE_KEYS)
+        reader = _Reader({} if value is None else value, f"queues.{shown_key(key)}", problems, QUEUE_KEYS)
         queues.append(_queue(reader, key, enqueuers, capacity))
     return queues
 
@@ -634,7 +640,7 @@ def _env(s: _Reader) -> tuple[tuple[str, str], ...]:
     raw = s._get("env", (dict,), "an object of NAME: value strings", {})
     env = []
     for name, value in raw.items():
-        where = f"service.env.{name}"
+        where = f"service.env.{shown_key(name)}"
         if not _ENV_NAME.fullmatch(name):
             s.problems.append(f"{where}: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
         elif name in RESERVED_ENV:

@@ -113,8 +113,13 @@ class TaskService:
             return Reply(200, "duplicate", "this task was done before")
         if claim is Claim.IN_PROGRESS:
             return Reply(429, "in-progress", "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S)
-        body = await _body(request)
-        reply = await self._run(path, body, context)
+        try:
+            reply = await self._run(path, await _body(request), context)
+        except BaseException:
+            # Whatever went wrong (a client that hung up, a bug), the claim must not outlive the request:
+            # held, it would answer every retry "in progress" until Cloud Tasks gives up on the task.
+            await self._store.release(key)
+            raise
         if reply.status < 300:
             await self._store.complete(key)
         else:
@@ -129,8 +134,8 @@ class TaskService:
             return await self._dead_letter(path, b"", context, f"body is over {MAX_BODY_BYTES} bytes")
         try:
             payload = json.loads(body)
-        except ValueError as err:
-            return await self._dead_letter(path, body, context, f"body is not JSON: {err}")
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
+            return await self._dead_letter(path, body, context, f"body is not JSON: {type(err).__name__}: {err}")
         try:
             if inspect.iscoroutinefunction(function):
                 await function(payload, context)

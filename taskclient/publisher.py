@@ -349,16 +349,17 @@ def read_outputs_document(path: str | Path, stdin: IO[str] | None = None) -> dic
     if str(path) == "-":
         return _parse_json((stdin or sys.stdin).read(), "standard input")
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise StackOutputsError(f"outputs file {path}: {err.strerror}") from None
-    return _parse_json(text, f"outputs file {path}")
+    # Bytes, so json detects UTF-16 and UTF-32 too (PowerShell 5's `>` writes UTF-16).
+    return _parse_json(data, f"outputs file {path}")
 
 
-def _parse_json(text: str, where: str) -> dict[str, Any]:
+def _parse_json(text: str | bytes, where: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise StackOutputsError(f"{where}: not JSON ({err}); expected `pulumi stack output --json`") from None
     if not isinstance(document, dict):
         raise StackOutputsError(f"{where}: expected a JSON object of stack outputs, got {type(document).__name__}")

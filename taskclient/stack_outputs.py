@@ -7,6 +7,7 @@ This module imports nothing from Pulumi: producers install `taskclient` without 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -129,7 +130,7 @@ def _queues(value: Any, problems: list[str]) -> dict[str, QueueOutputs]:
                 location=_typed(entry, QueueField.LOCATION, str),
                 task_url=_typed(entry, QueueField.TASK_URL, str),
                 max_attempts=_whole(entry, QueueField.MAX_ATTEMPTS),
-                dispatch_deadline_seconds=float(_typed(entry, QueueField.DISPATCH_DEADLINE_SECONDS, (int, float))),
+                dispatch_deadline_seconds=_seconds(entry, QueueField.DISPATCH_DEADLINE_SECONDS),
                 queue_level_routing=_typed(entry, QueueField.QUEUE_LEVEL_ROUTING, bool),
             )
         except StackOutputsError as err:
@@ -143,6 +144,17 @@ def _whole(entry: Mapping[str, Any], field: str) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise StackOutputsError(f"{field}: expected a whole number, got {value!r}")
     return int(value)
+
+
+def _seconds(entry: Mapping[str, Any], field: str) -> float:
+    value = _typed(entry, field, (int, float))
+    try:
+        seconds = float(value)
+    except OverflowError:  # a whole number too large for a float
+        seconds = math.inf
+    if not 0 < seconds < math.inf:
+        raise StackOutputsError(f"{field}: expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _typed(entry: Mapping[str, Any], field: str, kind: Any) -> Any:

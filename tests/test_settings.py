@@ -323,7 +323,7 @@ REJECTED = [
     ),
     case(
         "key-trailing-newline",
-        "queues.default\n",
+        'queues."default\\n"',  # a control character is shown escaped, so the problem stays on one line
         "letters, digits and hyphens",
         queues=Replace({"default\n": {}}),
     ),

@@ -56,7 +56,13 @@ def _schedule(task: tasks_v2.Task, now: float) -> float:
     pb = tasks_v2.Task.pb(task)
     if not pb.HasField("schedule_time"):
         return now
-    requested = float(pb.schedule_time.ToMicroseconds() / 1e6)
+    stamp = pb.schedule_time
+    # A Timestamp is valid from year 1 to 9999 with nanos in [0, 1e9); protobuf raises on anything else.
+    if not (0 <= stamp.nanos < 1_000_000_000 and -62_135_596_800 <= stamp.seconds <= 253_402_300_799):
+        raise invalid_argument(
+            f"Task.schedule_time is not a valid timestamp (seconds {stamp.seconds}, nanos {stamp.nanos})"
+        )
+    requested = float(stamp.ToMicroseconds() / 1e6)
     if requested - now > MAX_SCHEDULE_AHEAD:
         raise invalid_argument("The Task.scheduleTime must not be more than 720h (30 days) in the future")
     return max(requested, now)
