@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -182,10 +182,13 @@ def running(
     handler_port: int = 0,
     http_port: int = 0,
     on_line: Callable[[str, str], None] | None = None,
+    handler_command: Sequence[str] = (sys.executable, "-m", "handler"),
 ) -> Iterator[RunningStack]:
     """Starts the emulator, the handler and the queues; stops everything on exit.
 
     Every line the two processes print goes to `on_line(source, line)` ("emulator" or "handler").
+    `handler_command` runs the service (tests pass a probe); it gets `--port <handler port>` appended and the
+    environment the program declares for the service.
     """
     config = stack_config(stack)
     handler_port = handler_port or free_port()
@@ -211,7 +214,7 @@ def running(
         stack_run.emulator_host, stack_run.certs_url = ready[0], ready[1] + "/oauth2/v1/certs"
         _forward(emulator, "emulator", on_line)
         handler = _start(
-            [sys.executable, "-m", "handler", "--port", str(handler_port)],
+            [*handler_command, "--port", str(handler_port)],
             _handler_env(local.service, stack_run.certs_url),
             processes,
         )
