@@ -20,7 +20,13 @@ import pulumi_gcp as gcp
 
 from components.apis import IAM_API, ProjectApis, ProjectApisArgs
 from components.options import child_options
-from components.settings import SettingsError
+from components.settings import (
+    PROJECT_ID_PATTERN,
+    SERVICE_ACCOUNT_ID_PATTERN,
+    SERVICE_ACCOUNT_ID_RULE,
+    SettingsError,
+    shown_key,
+)
 
 DEPLOYER_NAMESPACE = "cloudrun-tasks-deployer"
 
@@ -186,19 +192,13 @@ DEPLOYER_KEYS = ("repository", "deployBranch", "poolId", "providerId", "serviceA
 _OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 _REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _IDENTITY_ID = re.compile(r"[a-z0-9-]{4,32}")
-_SERVICE_ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 _BRANCH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_PROJECT_ID = re.compile(r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
 
 REPOSITORY_RULE = (
     "is not a GitHub repository in owner/repo form (owner: 1-39 letters, digits and single inner"
     " hyphens; repo: 1-100 letters, digits, '.', '_', '-')"
 )
 IDENTITY_ID_RULE = "must be 4-32 lowercase letters, digits and hyphens, not starting with 'gcp-' (reserved by Google)"
-SERVICE_ACCOUNT_ID_RULE = (
-    "is not a service account id (6-30 characters: lowercase letters, digits, hyphens;"
-    " starts with a letter, ends with a letter or digit)"
-)
 BRANCH_RULE = "is not a branch name (letters, digits, '.', '_', '-', and '/' between parts; no '..')"
 
 
@@ -215,7 +215,7 @@ def identity_id_problem(value: str) -> str | None:
 
 
 def service_account_id_problem(value: str) -> str | None:
-    return None if _SERVICE_ACCOUNT_ID.fullmatch(value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
+    return None if SERVICE_ACCOUNT_ID_PATTERN.fullmatch(value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
 
 
 def branch_problem(value: str) -> str | None:
@@ -229,13 +229,13 @@ def load_deployer_args(config: Mapping[str, str]) -> DeployerIdentityArgs:
     project = config.get("gcp:project", "")
     if not project:
         problems.append("gcp:project: missing; set it with `pulumi config set gcp:project <project-id>`")
-    elif not _PROJECT_ID.fullmatch(project):
+    elif not PROJECT_ID_PATTERN.fullmatch(project):
         problems.append(f"gcp:project: {project!r} is not a Google Cloud project id")
     values = {
         key.partition(":")[2]: value for key, value in config.items() if key.partition(":")[0] == DEPLOYER_NAMESPACE
     }
     for unknown in sorted(set(values) - set(DEPLOYER_KEYS)):
-        problems.append(f"{unknown}: unknown key; allowed keys are {', '.join(DEPLOYER_KEYS)}")
+        problems.append(f"{shown_key(unknown)}: unknown key; allowed keys are {', '.join(DEPLOYER_KEYS)}")
 
     def checked(key: str, default: str, problem: Callable[[str], str | None]) -> str:
         value = values.get(key) or default

@@ -46,10 +46,10 @@ MEMBER_PREFIXES = ("user:", "serviceAccount:", "group:", "domain:", "principal:"
 
 _DURATION = re.compile(r"[0-9]+(\.[0-9]{1,9})?s")
 _QUEUE_KEY = re.compile(r"[A-Za-z0-9-]{1,100}")
-_SERVICE_ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
+SERVICE_ACCOUNT_ID_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 _SERVICE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _NAME_PREFIX = re.compile(r"[a-z](?:[-a-z0-9]*[a-z0-9])?")
-_PROJECT_ID = re.compile(r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
+PROJECT_ID_PATTERN = re.compile(r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _PATH = re.compile(r"/[A-Za-z0-9\-._~/]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -358,7 +358,7 @@ RESERVED_ENV = (
 def load_settings(config: Mapping[str, str], stack: str) -> Settings:
     """Typed settings from the raw config map the CLI passes, or SettingsError with every problem."""
     problems: list[str] = []
-    project = _gcp_key(config, "project", _PROJECT_ID, "is not a Google Cloud project id", problems)
+    project = _gcp_key(config, "project", PROJECT_ID_PATTERN, "is not a Google Cloud project id", problems)
     location = _gcp_key(config, "region", _REGION, "is not a region such as europe-west1", problems)
 
     top = _Reader(_project_values(config), "", problems, PROJECT_KEYS)
@@ -378,7 +378,9 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
     )
     queues = _queues(top, prefix, enqueuers, scale.capacity, problems)
     service = _service(service_reader, prefix, queues, scale)
-    invoker_id = top.matching("invokerServiceAccountId", _derived(prefix, "-invoker"), _SERVICE_ACCOUNT_ID, _SA_RULE)
+    invoker_id = top.matching(
+        "invokerServiceAccountId", _derived(prefix, "-invoker"), SERVICE_ACCOUNT_ID_PATTERN, SERVICE_ACCOUNT_ID_RULE
+    )
     if invoker_id and invoker_id == service.service_account_id:
         problems.append(
             f"invokerServiceAccountId: {invoker_id!r} is also service.serviceAccountId;"
@@ -405,7 +407,7 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
     )
 
 
-_SA_RULE = (
+SERVICE_ACCOUNT_ID_RULE = (
     "is not a service account id (6-30 characters: lowercase letters, digits, hyphens;"
     " starts with a letter, ends with a letter or digit)"
 )
@@ -593,7 +595,9 @@ def _service(s: _Reader, prefix: str | None, queues: list[QueueSettings], scale:
         concurrency=scale.concurrency,
         cpu=cpu,
         memory=memory,
-        service_account_id=s.matching("serviceAccountId", _derived(prefix, "-run"), _SERVICE_ACCOUNT_ID, _SA_RULE),
+        service_account_id=s.matching(
+            "serviceAccountId", _derived(prefix, "-run"), SERVICE_ACCOUNT_ID_PATTERN, SERVICE_ACCOUNT_ID_RULE
+        ),
         env=_env(s),
     )
 
