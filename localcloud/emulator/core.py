@@ -192,8 +192,7 @@ class CloudTasksCore:
         now = self.clock.now()
         with self._state.lock:
             queue = self._queue(request.name)
-            for record in list(queue.tasks.values()):
-                self._state.drop_task(queue, record, now)
+            self._state.drop_all_tasks(queue, now)
             del self._state.queues[queue.name]
             self._state.queue_tombstones.add(queue.name, now)
 
@@ -209,8 +208,7 @@ class CloudTasksCore:
         now = self.clock.now()
         with self._state.lock:
             queue = self._queue(request.name)
-            for record in list(queue.tasks.values()):
-                self._state.drop_task(queue, record, now)
+            self._state.drop_all_tasks(queue, now)
             queue.heap.clear()
             tasks_v2.Queue.pb(queue.queue).purge_time.FromMicroseconds(epoch_micros(now))
             result = tasks_v2.Queue(queue.queue)

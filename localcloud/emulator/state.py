@@ -138,6 +138,11 @@ class EmulatorState:
             del queue.tasks[record.name]
             self.task_tombstones.add(record.name, now)
 
+    def drop_all_tasks(self, queue: QueueRecord, now: float) -> None:
+        """Every task of `queue` dropped as by `drop_task` (DeleteQueue, PurgeQueue)."""
+        for record in list(queue.tasks.values()):
+            self.drop_task(queue, record, now)
+
     def reset(self) -> None:
         self.queues.clear()
         self.task_tombstones.clear()
