@@ -24,7 +24,7 @@ from google.cloud import tasks_v2
 from loopback import free_port, start_handler
 
 from localcloud.emulator.core import CloudTasksCore
-from localcloud.emulator.dispatcher import AsyncDispatcher, DispatchResult
+from localcloud.emulator.realtime import AsyncDispatcher, DispatchResult
 
 PARENT = "projects/bench/locations/local"
 

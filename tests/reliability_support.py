@@ -34,7 +34,7 @@ PROBE_COMMAND = (sys.executable, str(PROBE))
 WAIT_S = 60  # bounds a wait that should end in well under a second to a few seconds; reached only on failure
 
 Key = tuple[str, str]  # (queue id, task id)
-# "dispatch queue=Q task=T attempt=N status=S latency_ms=L" (localcloud.emulator.dispatcher.DispatchResult.line)
+# "dispatch queue=Q task=T attempt=N status=S latency_ms=L" (localcloud.emulator.realtime.DispatchResult.line)
 DISPATCH = re.compile(r"dispatch queue=(\S+) task=(\S+) attempt=(\d+) status=(\d+|none)")
 PROBE_EVENT = re.compile(r"(started|worked) (\S+) pid=(\d+)")
 ARRIVED = re.compile(r"arrived (\S+) attempt=(\d+) at=([0-9.]+)")

@@ -23,7 +23,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from localcloud.emulator.core import CloudTasksCore
-from localcloud.emulator.dispatcher import AsyncDispatcher, DispatchResult
+from localcloud.emulator.realtime import AsyncDispatcher, DispatchResult
 from localcloud.emulator.server import EmulatorServer
 from localcloud.stack import free_port
 

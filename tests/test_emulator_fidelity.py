@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from localcloud.emulator.core import CloudTasksCore, CloudTasksError
-from localcloud.emulator.dispatch import Attempt
+from localcloud.emulator.engine import Attempt
 from localcloud.emulator.errors import TASK_TOMBSTONE_MESSAGE
 from localcloud.emulator.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.simulation import SimulationReport, Simulator, simulate

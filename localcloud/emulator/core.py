@@ -22,7 +22,7 @@ from google.cloud import tasks_v2
 
 from localcloud.emulator.clock import Clock, SystemClock, epoch_micros
 from localcloud.emulator.config import QueueSettings, apply_update_mask, normalize_queue
-from localcloud.emulator.dispatch import Attempt, DispatchEngine, TokenMinter
+from localcloud.emulator.engine import Attempt, DispatchEngine, TokenMinter
 from localcloud.emulator.errors import (
     ALREADY_EXISTS_MESSAGE,
     NOT_FOUND_MESSAGE,
@@ -93,7 +93,7 @@ class CloudTasksCore:
         self._listeners: list[Callable[[], None]] = []
         self._queue_uids = itertools.count(1)
 
-    # ----- dispatch (see dispatch.py) -----
+    # ----- dispatch (see engine.py) -----
 
     def take_due(self, now: float) -> list[Attempt]:
         return self._engine.take_due(now)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from localcloud.emulator.clock import Clock
 from localcloud.emulator.core import CloudTasksCore
-from localcloud.emulator.dispatcher import AsyncDispatcher
+from localcloud.emulator.realtime import AsyncDispatcher
 from localcloud.emulator.server import EmulatorServer
 
 if TYPE_CHECKING:

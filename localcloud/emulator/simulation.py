@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from localcloud.emulator.clock import ManualClock
 from localcloud.emulator.core import CloudTasksCore
-from localcloud.emulator.dispatch import Attempt
+from localcloud.emulator.engine import Attempt
 
 __all__ = ["Responder", "SimulationReport", "Simulator", "simulate"]
 

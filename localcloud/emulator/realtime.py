@@ -1,4 +1,4 @@
-"""The real dispatcher: sends the engine's attempts over HTTP with aiohttp, on an asyncio loop.
+"""The real-time dispatcher: sends the engine's attempts over HTTP with aiohttp, on an asyncio loop.
 
 One shared `aiohttp.ClientSession` (connection pooling; redirects not followed, since Cloud Tasks counts a 3xx
 as a failed attempt and retries it; no proxies from the environment: targets are local; no Content-Type or
@@ -27,7 +27,7 @@ from types import TracebackType
 import aiohttp
 
 from localcloud.emulator.core import CloudTasksCore
-from localcloud.emulator.dispatch import Attempt
+from localcloud.emulator.engine import Attempt
 
 __all__ = ["AsyncDispatcher", "DispatchResult"]
 
