@@ -1,6 +1,6 @@
 """Local mode on the command line: `python -m localcloud <command>`, one function per command.
 
-python -m localcloud emulator --port 8123 [--http-port 8124] [--task-tombstone-ttl 3600]
+python -m localcloud emulator --port 8123 [--http-port 8124] [--task-tombstone-ttl 3600] [--latency-ms 0] [--workers 16]
 python -m localcloud up [--stack dev] [--outputs .localcloud/outputs.json] [--emulator-port P] [--handler-port P]
 python -m localcloud demo [--stack dev]
 """
@@ -27,9 +27,11 @@ def run_emulator(args: argparse.Namespace) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one dispatch line per attempt is ours to write
     try:
         emulator = CloudTasksEmulator(
-            port=args.port, http_port=args.http_port, task_tombstone_ttl=args.task_tombstone_ttl
-        ).start()
-    except (OSError, RuntimeError) as error:
+            port=args.port, http_port=args.http_port, task_tombstone_ttl=args.task_tombstone_ttl, workers=args.workers
+        )
+        emulator.faults.latency = args.latency_ms / 1000
+        emulator.start()
+    except (OSError, RuntimeError, ValueError) as error:  # ValueError: a latency of NaN
         print(f"emulator: cannot start: {error}", file=sys.stderr)
         return 2
     try:
@@ -60,6 +62,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description="Run the stack on this machine.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         metavar="SECONDS",
         help="how long a finished or deleted task's name stays reserved (default 3600; 0: not at all)",
+    )
+    emulator.add_argument(
+        "--latency-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="answer every gRPC call this much later, as a network round trip would (benchmarks; default 0)",
+    )
+    emulator.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="gRPC worker threads, the most calls handled at once (default 16); with --latency-ms, use at least"
+        " as many as the calls a client keeps in flight",
     )
     emulator.set_defaults(handler=run_emulator)
 

@@ -1,11 +1,12 @@
-"""Shared helpers for the emulator tests: building queues and tasks on a core, a fake token minter, and a
-loopback HTTP server that records what the dispatcher sends."""
+"""Shared helpers for the emulator tests: building queues and tasks on a core, a fake token minter, a
+loopback HTTP server that records what the dispatcher sends, and a loopback gRPC emulator without a
+dispatcher for tests that look at what a client created."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,6 +15,10 @@ from google.cloud import tasks_v2
 
 from localcloud.emulator.clock import ManualClock
 from localcloud.emulator.core import CloudTasksCore
+from localcloud.emulator.faults import FaultInjector
+from localcloud.emulator.server import EmulatorServer
+from localcloud.program import ProgramRun
+from localcloud.stack import QUEUE, queue_from_inputs
 
 LOCATION = "projects/p/locations/l"
 T0 = 1_800_000_000.0
@@ -147,3 +152,67 @@ class RecordingServer:
                 pass
 
         return Handler
+
+
+# ----- a gRPC emulator without a dispatcher -----
+
+
+def stack_queues(run: ProgramRun) -> list[tasks_v2.Queue]:
+    """The queues a program run declares, as Cloud Tasks would hold them (rates, retry, queue-level routing)."""
+    return [queue_from_inputs(registration.inputs) for registration in run.of_type(QUEUE)]
+
+
+class LoopbackEmulator:
+    """A CloudTasksCore (system clock) served on 127.0.0.1, a free port, with these queues and no dispatcher,
+    so every task a client creates stays in its queue to be listed. Calls are recorded (`faults.calls()`)
+    from the start; `faults` injects failures and latency. Context manager."""
+
+    def __init__(self, queues: Iterable[tasks_v2.Queue | str] = (), *, workers: int = 16, **core_options: Any) -> None:
+        self.core = CloudTasksCore(**core_options)
+        self.server = EmulatorServer(self.core, workers=workers)
+        self.queues: list[str] = [self.add_queue(queue) for queue in queues]
+        self.faults.recording = True
+
+    @property
+    def faults(self) -> FaultInjector:
+        return self.server.faults
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def __enter__(self) -> LoopbackEmulator:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def add_queue(self, queue: tasks_v2.Queue | str) -> str:
+        """Create a queue (a Queue message, or just its path) on the core, unrecorded; returns its name."""
+        message = tasks_v2.Queue(name=queue) if isinstance(queue, str) else queue
+        parent = message.name.rsplit("/queues/", 1)[0]
+        return self.core.create_queue(tasks_v2.CreateQueueRequest(parent=parent, queue=message)).name
+
+    def pause(self, queue: str) -> None:
+        self.core.pause_queue(tasks_v2.PauseQueueRequest(name=queue))
+
+    def tasks(self, *queues: str) -> list[tasks_v2.Task]:
+        """The tasks in `queues` (default: every queue added here) in FULL view, each queue in creation order."""
+        found: list[tasks_v2.Task] = []
+        for queue in queues or self.queues:
+            token = ""
+            while True:
+                request = tasks_v2.ListTasksRequest(
+                    parent=queue, response_view=tasks_v2.Task.View.FULL, page_size=1000, page_token=token
+                )
+                page = self.core.list_tasks(request)
+                found.extend(page.tasks)
+                token = page.next_page_token
+                if not token:
+                    break
+        return found
+
+    def create_calls(self) -> int:
+        """CreateTask calls that reached the server, whatever their answer."""
+        return len(self.faults.calls("CreateTask"))

@@ -9,6 +9,10 @@ A generic handler serves the 13 core RPCs; the rest (IAM, Batch*, CMEK) get gRPC
 arrive as raw bytes and are decoded inside the handler, so an undecodable message is INVALID_ARGUMENT rather
 than gRPC's UNKNOWN; a `CloudTasksError` becomes `context.abort(code, message)`, and any other exception (a bug
 here) INTERNAL with its message, logged.
+
+`server.faults` (a `FaultInjector`, see faults.py) fails chosen calls, adds latency and records requests, for
+tests and benchmarks; left unset it costs one boolean check per call. Calls run on a pool of `workers` threads,
+so with latency injected, `workers` bounds how many calls proceed at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from google.cloud import tasks_v2
 
 from localcloud.emulator.core import CloudTasksCore
 from localcloud.emulator.errors import CloudTasksError
+from localcloud.emulator.faults import FaultInjector
 
 __all__ = ["SERVICE", "EmulatorServer"]
 
@@ -53,20 +58,26 @@ def _methods(core: CloudTasksCore) -> dict[str, tuple[Any, Callable[[Any], Any],
     }
 
 
-def _answer(request_type: Any, method: Callable[[Any], Any], response_type: Any, raw: bytes) -> bytes:
-    """Run one RPC on raw bytes; raises CloudTasksError for every failure."""
+def _decode(request_type: Any, raw: bytes) -> Any:
     try:
-        request = request_type.deserialize(raw)
+        return request_type.deserialize(raw)
     except Exception as error:  # protobuf's DecodeError and friends: the client sent something unreadable
         raise CloudTasksError(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid request message: {error}") from None
-    response = method(request)
-    return b"" if response_type is None else bytes(response_type.serialize(response))
 
 
-def _rpc(name: str, request_type: Any, method: Callable[[Any], Any], response_type: Any) -> _Handler:
+def _rpc(
+    name: str, request_type: Any, method: Callable[[Any], Any], response_type: Any, faults: FaultInjector
+) -> _Handler:
+    def answer(request: Any) -> bytes:
+        response = method(request)
+        return b"" if response_type is None else bytes(response_type.serialize(response))
+
     def handle(raw: bytes, context: Any) -> bytes:
         try:
-            return _answer(request_type, method, response_type, raw)
+            request = _decode(request_type, raw)
+            if faults.active:
+                return faults.intercept(name, request, context.invocation_metadata(), lambda: answer(request))
+            return answer(request)
         except CloudTasksError as error:
             failure = error
         except Exception as error:  # a bug in the emulator must surface as INTERNAL, never UNKNOWN
@@ -79,10 +90,16 @@ def _rpc(name: str, request_type: Any, method: Callable[[Any], Any], response_ty
 
 
 class EmulatorServer:
-    """Serves `core` over gRPC on host:port (port 0 = a free one, known after start()). Context manager."""
+    """Serves `core` over gRPC on host:port (port 0 = a free one, known after start()). Context manager.
+
+    `workers` threads handle calls; `faults` injects failures and latency (see faults.py).
+    """
 
     def __init__(self, core: CloudTasksCore, *, host: str = "127.0.0.1", port: int = 0, workers: int = 16) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.core = core
+        self.faults = FaultInjector(_methods(core))
         self._host = host
         self._port = port
         self._workers = workers
@@ -93,7 +110,8 @@ class EmulatorServer:
         if self._server is not None:
             raise RuntimeError("EmulatorServer already started")
         handlers = {
-            name: grpc.unary_unary_rpc_method_handler(_rpc(name, *spec)) for name, spec in _methods(self.core).items()
+            name: grpc.unary_unary_rpc_method_handler(_rpc(name, *spec, self.faults))
+            for name, spec in _methods(self.core).items()
         }
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="cloud-tasks-grpc")
