@@ -9,7 +9,7 @@ POLICY_PY := $(POLICY_VENV)/bin/python
 # Each stack's resources as the program registers them (Pulumi mocks), for the pack's tests to check.
 POLICY_DUMPS := .localcloud/policy
 POLICY_STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
-PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard components/*.py handler/*.py taskclient/*.py localcloud/*.py)
+PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard contract/*.py components/*.py handler/*.py taskclient/*.py localcloud/*.py)
 
 .PHONY: test lint typecheck unit policy deps bench local clean
 

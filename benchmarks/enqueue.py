@@ -1,8 +1,12 @@
 """Enqueue throughput: taskclient's publish_many against the guide's pattern and the raw gRPC ceiling.
 
-All contenders create the same HTTP task (OIDC token, JSON body) on the same loopback gRPC server, run in
-its own process, in one run. The server answers each CreateTask after `--delays` milliseconds: 0 measures
-client overhead, 20 stands for the network round trip to Cloud Tasks, where concurrency decides.
+All contenders create the same HTTP task (OIDC token, JSON body) on the project's emulator, run in its own
+process (`python -m localcloud emulator --latency-ms D --workers W`), in one run. The emulator answers each
+call after `--delays` milliseconds: 0 measures client overhead, 20 stands for the network round trip to
+Cloud Tasks, where concurrency decides. It gets 2 x --concurrency gRPC workers (at least 16), so that the
+injected latency never queues calls behind busy workers. The benchmark creates its queue with CreateQueue and
+pauses it: Cloud Tasks accepts tasks into a paused queue alike, and nothing is dispatched to the stack's
+service URL, which is not on this machine.
 
     venv/bin/python benchmarks/enqueue.py            # prints one table per delay, with ratios
 
@@ -31,25 +35,38 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from harness import run_stack  # noqa: E402
+from localcloud.program import evaluate  # noqa: E402
+from localcloud.stack import stack_config  # noqa: E402
 from taskclient.connection import connect  # noqa: E402
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest  # noqa: E402
 
 CREATE_TASK = "/google.cloud.tasks.v2.CloudTasks/CreateTask"
+READY = "emulator ready grpc="
 
 
-def start_server(delay_ms: int, queue_path: str) -> tuple[subprocess.Popen[str], str]:
-    script = ROOT / "tests" / "cloud_tasks_server.py"
-    command = [sys.executable, str(script), "--port", "0", "--delay-ms", str(delay_ms), "--queue", queue_path]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def start_emulator(delay_ms: int, workers: int) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "localcloud", "emulator", "--port", "0"]
+    command += ["--latency-ms", str(delay_ms), "--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     line = server.stdout.readline().strip()
-    if not line.startswith("listening on "):
+    if not line.startswith(READY):
         server.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return server, line.removeprefix("listening on ")
+        raise SystemExit(f"emulator did not start: {line!r}")
+    return server, line.removeprefix(READY).split()[0]
+
+
+def create_paused_queue(address: str, queue_path: str) -> None:
+    channel = grpc.insecure_channel(address)
+    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    try:
+        client.create_queue(parent=queue_path.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=queue_path))
+        client.pause_queue(name=queue_path)
+    finally:
+        channel.close()
 
 
 def timed(count: int, run: Callable[[], int]) -> tuple[int, float]:
@@ -116,11 +133,12 @@ def raw_ceiling(address: str, publisher: TaskPublisher, count: int, concurrency:
 
 
 def measure(delay_ms: int, concurrency: int, counts: dict[str, int]) -> list[tuple[str, int, float]]:
-    outputs = dict(run_stack("dev").outputs)
+    outputs = dict(evaluate(stack_config("dev"), stack="dev").outputs)
     queue_path = outputs["queues"][outputs["default_queue"]]["path"]
-    server, address = start_server(delay_ms, queue_path)
+    server, address = start_emulator(delay_ms, workers=max(16, 2 * concurrency))
     rows = []
     try:
+        create_paused_queue(address, queue_path)
         with TaskPublisher.from_mapping(outputs, connection=connect(address)) as publisher:
             publisher.publish({"warm": "up"})
             rows.append(("guide", *timed(counts["guide"], lambda: guide_pattern(address, publisher, counts["guide"]))))
@@ -141,7 +159,7 @@ def print_table(delay_ms: int, rows: list[tuple[str, int, float]]) -> None:
     rates = {name: count / seconds for name, count, seconds in rows}
     guide = rates["guide"]
     ceiling = next(rate for name, rate in rates.items() if name.startswith("raw ceiling"))
-    print(f"\nCreateTask on loopback, server delay {delay_ms} ms per RPC")
+    print(f"\nCreateTask on loopback, emulator latency {delay_ms} ms per RPC")
     print(f"{'contender':<22}{'tasks':>7}{'seconds':>9}{'tasks/s':>10}{'x guide':>9}{'% ceiling':>11}")
     for name, count, seconds in rows:
         rate = count / seconds
@@ -150,7 +168,7 @@ def print_table(delay_ms: int, rows: list[tuple[str, int, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--delays", default="0,20", help="server delays in ms, comma-separated (default 0,20)")
+    parser.add_argument("--delays", default="0,20", help="emulator latencies in ms, comma-separated (default 0,20)")
     parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
     parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
     args = parser.parse_args()

@@ -15,6 +15,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from contract import handler_env
+
 gcp_config = pulumi.Config("gcp")
 config = pulumi.Config("cloudrun-tasks")
 project = gcp_config.require("project")
@@ -58,7 +60,7 @@ service = gcp.cloudrunv2.Service(
                 envs=[
                     # The handler needs the queue table, as in the real program.
                     gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(
-                        name="TASKS_QUEUES",
+                        name=handler_env.QUEUES,
                         value=pulumi.Output.all(**queue_ids).apply(
                             lambda ids: json.dumps({ids[k]: {"key": k} for k in ids})
                         ),

@@ -11,17 +11,19 @@ retry and a rate setting. Contenders:
 Before anything is timed, one run of each per N checks that both register the same resource types in the
 same counts (every registration but the real program's own component resources, which are its overhead);
 the benchmark stops if they differ. Every measurement is then a fresh interpreter, so each pays its own
-imports, starts from empty Pulumi runtime state, and has its own peak RSS. The child imports the harness
-(pulumi, localcloud.program) untimed, then times `evaluate()` with perf_counter: that includes the
-program's own first imports (pulumi_gcp's modules, components/), running it, and collecting the
-registrations. The N values and both programs are interleaved in each repetition, in alternating order,
-so drift on a shared machine falls on all alike; each cell is the median of --repeat runs.
+imports, starts from empty Pulumi runtime state, and has its own peak RSS. The parent has the stack
+file's config read once (in a child of its own, to stay small) and hands it to each child on stdin; the
+child imports localcloud.program (pulumi) untimed, then times `evaluate()` with perf_counter: that
+includes the program's own first imports (pulumi_gcp's modules, components/), running it, and collecting
+the registrations. The N values and both programs are interleaved in each repetition, in alternating
+order, so drift on a shared machine falls on all alike; each cell is the median of --repeat runs.
 
 Peak memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss` read in the child after the run: the
 process's high-water mark, so it counts C allocations too (protobuf structs the mock monitor builds,
 gRPC), costs nothing while the timed run goes, and so comes from the same run as the time. tracemalloc
 would see only Python's allocator and slow every allocation, so it would need separate untimed runs.
-The figure includes the interpreter and the harness imports, the same in both (shown below the table).
+The figure includes the interpreter and localcloud.program's imports, the same in both (shown below the
+table).
 
 Cost per queue is the marginal cost between two sizes: (ms(10) - ms(1)) / 9 and (ms(100) - ms(10)) / 90,
 which cancels the fixed cost (imports, the service, the accounts). It is called flat when the 10->100
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import itertools
 import json
 import os
@@ -51,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 PROGRAMS = {"real": ROOT / "__main__.py", "minimal": Path(__file__).resolve().parent / "minimal_program.py"}
 FLAT_FACTOR = 1.5
@@ -60,20 +63,34 @@ QUEUE_SETTINGS = {"retry": {"maxAttempts": 5}, "rateLimits": {"maxDispatchesPerS
 COMPONENT_PREFIX = "cloudrun-tasks:"
 
 
+@functools.cache
+def stack_file_config() -> dict[str, str]:
+    """The dev stack's config as the CLI passes it (localcloud.stack.stack_config), read in a child process.
+
+    Importing localcloud.stack here would grow this process by some 30 MiB, and a child's ru_maxrss starts
+    at its parent's (the peak survives fork and execve), which would hide the children's own peaks.
+    """
+    code = "import json, sys; from localcloud.stack import stack_config; json.dump(stack_config('dev'), sys.stdout)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"could not read the dev stack's config:\n{done.stderr}")
+    config: dict[str, str] = json.loads(done.stdout)
+    return config
+
+
 def queue_config(queues: int) -> dict[str, str]:
     """The dev stack's config, as the CLI passes it, with `queues` q0..q{N-1}."""
-    from harness import stack_file_config, with_overrides
-
-    return with_overrides(stack_file_config("dev"), queues={f"q{n}": QUEUE_SETTINGS for n in range(queues)})
+    queue_map = {f"q{n}": QUEUE_SETTINGS for n in range(queues)}
+    return {**stack_file_config(), "cloudrun-tasks:queues": json.dumps(queue_map)}
 
 
 # --- child: one evaluation in a fresh interpreter ---------------------------------------------
 
 
-def child(program: str, queues: int, profile_to: str | None) -> None:
+def child(program: str, profile_to: str | None) -> None:
     from localcloud.program import PROJECT_NAME, evaluate
 
-    config = queue_config(queues)
+    config = json.load(sys.stdin)  # from the parent, so reading the stack file is no part of the child
     before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     profiler = cProfile.Profile() if profile_to else None
     started = time.perf_counter()
@@ -95,10 +112,11 @@ def child(program: str, queues: int, profile_to: str | None) -> None:
 
 
 def measure(program: str, queues: int, profile_to: str | None = None) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", program, "--queues", str(queues)]
+    command = [sys.executable, __file__, "--child", program]
     if profile_to:
         command += ["--profile-to", profile_to]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    config = json.dumps(queue_config(queues))
+    done = subprocess.run(command, input=config, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{program} with {queues} queues failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -187,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.queues.split(","))
     if args.child:
-        child(args.child, sizes[0], args.profile_to)
+        child(args.child, args.profile_to)
         return
     if len(sizes) < 2:
         parser.error("--queues needs at least two sizes")
@@ -224,7 +242,7 @@ def main() -> None:
     print(
         "±% is (max - min) / median over the runs; real ms/queue is the marginal cost from the previous N."
         f"\nMiB is peak RSS (ru_maxrss); before evaluate() it is {before['real']:.1f} (real) and"
-        f" {before['minimal']:.1f} (minimal): interpreter, pulumi and the harness."
+        f" {before['minimal']:.1f} (minimal): interpreter, pulumi and localcloud.program."
     )
 
     print("\nCost per added queue (marginal, from the medians)")

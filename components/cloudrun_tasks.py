@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
@@ -14,8 +13,8 @@ from components.handler_service import TaskHandlerService, TaskHandlerServiceArg
 from components.invoker import InvokerIdentity, InvokerIdentityArgs
 from components.settings import QUEUE_SUFFIX_HEX_LENGTH, QueueSettings, Settings
 from components.task_queue import QueueRouting, TaskQueue, TaskQueueArgs
-from handler import environment
-from taskclient.stack_outputs import OutputName, QueueField
+from contract import handler_env
+from contract.outputs import OutputName, QueueField
 
 
 class CloudRunTasks(pulumi.ComponentResource):
@@ -85,16 +84,15 @@ def _handler_args(
 ) -> TaskHandlerServiceArgs:
     service = s.service
     queue_table = pulumi.Output.all(**queue_ids).apply(
-        lambda ids: json.dumps(
+        lambda ids: handler_env.encode_queue_table(
             {
-                ids[q.key]: {
-                    "key": q.key,
-                    "maxAttempts": q.retry.max_attempts,
-                    "dispatchDeadlineSeconds": float(q.dispatch_deadline.seconds),
-                }
+                ids[q.key]: handler_env.QueueEntry(
+                    key=q.key,
+                    max_attempts=q.retry.max_attempts,
+                    dispatch_deadline_seconds=float(q.dispatch_deadline.seconds),
+                )
                 for q in s.queues
-            },
-            sort_keys=True,
+            }
         )
     )
     return TaskHandlerServiceArgs(
@@ -113,9 +111,9 @@ def _handler_args(
         memory=service.memory,
         env={
             **dict(service.env),
-            environment.QUEUES: queue_table,
-            environment.INVOKER_EMAILS: invoker.email,
-            environment.PROJECT: s.project,
+            handler_env.QUEUES: queue_table,
+            handler_env.INVOKER_EMAILS: invoker.email,
+            handler_env.PROJECT: s.project,
         },
         manage_image=service.manage_image,
         deletion_protection=s.deletion_protection,

@@ -18,23 +18,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from handler import environment
+from contract import cloud_run, cloud_tasks, handler_env
 
 NAMESPACE = "cloudrun-tasks"
 
-# --- limits (Cloud Tasks / Cloud Run / IAM); each cited in README "Configuration" -------------------
-MAX_DISPATCHES_PER_SECOND = 500  # Cloud Tasks system limit per queue
-MAX_CONCURRENT_DISPATCHES = 5000
-MIN_DISPATCH_DEADLINE_S = 15  # HTTP tasks: [15 s, 30 min]
-MAX_DISPATCH_DEADLINE_S = 1800
-MAX_REQUEST_TIMEOUT_S = 3600  # Cloud Run request timeout ceiling
-MAX_INSTANCE_CONCURRENCY = 1000
-MAX_QUEUE_ID_LENGTH = 100
+# --- limits of this stack's own; Cloud Tasks' and Cloud Run's are in contract/ ---------------------
 # Every name derived from the prefix is then valid: "-run" makes a 6-character account id at the least,
 # "-invoker" a 28-character one at the most (limit 30).
 MIN_NAME_PREFIX_LENGTH, MAX_NAME_PREFIX_LENGTH = 2, 20
 QUEUE_SUFFIX_HEX_LENGTH = 6  # random suffix that keeps a re-created queue off a tombstoned name
-TASK_RETENTION_S = 31 * 24 * 3600
 CPU_CHOICES = ("1", "2", "4", "6", "8")
 # Cloud Run: memory above N GiB needs at least M CPUs; CPUs above 2 need a memory floor.
 MIN_CPU_FOR_MEMORY_GIB = ((24, 8), (16, 6), (8, 4), (4, 2))
@@ -45,7 +37,7 @@ PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 MEMBER_PREFIXES = ("user:", "serviceAccount:", "group:", "domain:", "principal:", "principalSet:")
 
 _DURATION = re.compile(r"[0-9]+(\.[0-9]{1,9})?s")
-_QUEUE_KEY = re.compile(r"[A-Za-z0-9-]{1,100}")
+_QUEUE_KEY = cloud_tasks.QUEUE_ID  # the key is part of the queue id
 SERVICE_ACCOUNT_ID_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 _SERVICE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _NAME_PREFIX = re.compile(r"[a-z](?:[-a-z0-9]*[a-z0-9])?")
@@ -83,6 +75,11 @@ class Duration:
     @classmethod
     def of(cls, seconds: float | int | str) -> Duration:
         return cls(Decimal(str(seconds)))
+
+
+def _seconds(seconds: float) -> str:
+    """A default in seconds as the config writes it: 0.1 -> "0.1s", 600.0 -> "600s"."""
+    return str(Duration.of(seconds))
 
 
 @dataclass(frozen=True)
@@ -344,15 +341,7 @@ RETRY_KEYS = ("maxAttempts", "maxRetryDuration", "minBackoff", "maxBackoff", "ma
 # A public sample that answers 200 to any request, so a first `pulumi up` works end to end.
 DEFAULT_IMAGE = "us-docker.pkg.dev/cloudrun/container/hello"
 # Env vars Cloud Run sets itself, or that the component sets for the handler: never user-supplied.
-RESERVED_ENV = (
-    environment.PORT,
-    environment.QUEUES,
-    environment.INVOKER_EMAILS,
-    environment.PROJECT,
-    "K_SERVICE",
-    "K_REVISION",
-    "K_CONFIGURATION",
-)
+RESERVED_ENV = (*handler_env.CLOUD_RUN_SET, *handler_env.STACK_SET)
 
 
 def load_settings(config: Mapping[str, str], stack: str) -> Settings:
@@ -373,7 +362,7 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
         ),
         # Cloud Run's default requests per instance.
         concurrency=service_reader.integer(
-            "concurrency", 80, 1, MAX_INSTANCE_CONCURRENCY, "Cloud Run per-instance limit"
+            "concurrency", 80, 1, cloud_run.MAX_INSTANCE_CONCURRENCY, "Cloud Run per-instance limit"
         ),
     )
     queues = _queues(top, prefix, enqueuers, scale.capacity, problems)
@@ -481,7 +470,8 @@ def _queues(
         problems.append(f"queues: expected an object of one or more queues, got {_show(raw)}")
         return []
     # The queue id is "<prefix>-<key>-<suffix>", and Cloud Tasks allows 100 characters.
-    longest_key = MAX_QUEUE_ID_LENGTH - len(prefix or "") - QUEUE_SUFFIX_HEX_LENGTH - 2
+    longest_id = cloud_tasks.MAX_QUEUE_ID_LENGTH
+    longest_key = longest_id - len(prefix or "") - QUEUE_SUFFIX_HEX_LENGTH - 2
     queues = []
     for key, value in raw.items():
         if not _QUEUE_KEY.fullmatch(key):
@@ -489,7 +479,7 @@ def _queues(
         elif prefix is not None and len(key) > longest_key:
             problems.append(
                 f"queues.{key}: {len(key)} characters is too long; with namePrefix {prefix!r} and the"
-                f" random suffix the queue id must stay within {MAX_QUEUE_ID_LENGTH} (at most {longest_key})"
+                f" random suffix the queue id must stay within {longest_id} (at most {longest_key})"
             )
         # A key with nothing under it (YAML `default:`) is a queue with every default.
         reader = _Reader({} if value is None else value, f"queues.{shown_key(key)}", problems, QUEUE_KEYS)
@@ -505,11 +495,10 @@ def _queue(q: _Reader, key: str, enqueuers: tuple[str, ...], capacity: int) -> Q
         "is not a URL path (starts with '/'; letters, digits, -._~/)",
     )
     deadline = q.duration(
-        # Cloud Tasks' default for HTTP tasks is 10 minutes.
         "dispatchDeadline",
-        "600s",
-        MIN_DISPATCH_DEADLINE_S,
-        MAX_DISPATCH_DEADLINE_S,
+        _seconds(cloud_tasks.DEFAULT_DISPATCH_DEADLINE_S),
+        cloud_tasks.MIN_DISPATCH_DEADLINE_S,
+        cloud_tasks.MAX_DISPATCH_DEADLINE_S,
         "Cloud Tasks HTTP dispatch deadline range",
     )
     rates = q.child("rateLimits", RATE_LIMIT_KEYS)
@@ -517,11 +506,11 @@ def _queue(q: _Reader, key: str, enqueuers: tuple[str, ...], capacity: int) -> Q
         # Cloud Tasks' default and ceiling; the real brake is the concurrency cap below.
         max_dispatches_per_second=_positive_rate(rates),
         max_concurrent_dispatches=rates.integer(
-            # Default: what the service can absorb (max instances x concurrency), within Cloud Tasks' 1000 default.
+            # Default: what the service can absorb (max instances x concurrency), within Cloud Tasks' default.
             "maxConcurrentDispatches",
-            min(1000, capacity),
+            min(cloud_tasks.DEFAULT_CONCURRENT_DISPATCHES, capacity),
             1,
-            MAX_CONCURRENT_DISPATCHES,
+            cloud_tasks.MAX_CONCURRENT_DISPATCHES,
             "Cloud Tasks limit",
         ),
     )
@@ -540,7 +529,13 @@ def _queue(q: _Reader, key: str, enqueuers: tuple[str, ...], capacity: int) -> Q
 
 
 def _positive_rate(rates: _Reader) -> float:
-    rate = rates.number("maxDispatchesPerSecond", 500.0, 0.0, MAX_DISPATCHES_PER_SECOND, "Cloud Tasks limit per queue")
+    rate = rates.number(
+        "maxDispatchesPerSecond",
+        cloud_tasks.DEFAULT_DISPATCHES_PER_SECOND,
+        0.0,
+        cloud_tasks.MAX_DISPATCHES_PER_SECOND,
+        "Cloud Tasks limit per queue",
+    )
     if rate == 0:
         rates.problems.append(
             f"{rates._at('maxDispatchesPerSecond')}: 0 would never dispatch; it must be above 0 (pause a queue instead)"
@@ -550,14 +545,27 @@ def _positive_rate(rates: _Reader) -> float:
 
 def _retry(r: _Reader) -> RetryPolicy:
     # Defaults are Cloud Tasks' own, so behaviour matches Google's documentation.
+    retention = cloud_tasks.TASK_RETENTION_S
     policy = RetryPolicy(
-        max_attempts=r.integer("maxAttempts", 100, -1, 2**31 - 1, "-1 means unlimited"),
-        max_retry_duration=r.duration(
-            "maxRetryDuration", "0s", 0, TASK_RETENTION_S, "0s means unlimited; tasks live at most 31 days"
+        max_attempts=r.integer(
+            "maxAttempts",
+            cloud_tasks.DEFAULT_MAX_ATTEMPTS,
+            cloud_tasks.UNLIMITED_ATTEMPTS,
+            cloud_tasks.MAX_INT32,
+            "-1 means unlimited",
         ),
-        min_backoff=r.duration("minBackoff", "0.1s", 0, TASK_RETENTION_S),
-        max_backoff=r.duration("maxBackoff", "3600s", 0, TASK_RETENTION_S),
-        max_doublings=r.integer("maxDoublings", 16, 0, 2**31 - 1, "must not be negative"),
+        max_retry_duration=r.duration(
+            "maxRetryDuration",
+            _seconds(cloud_tasks.DEFAULT_MAX_RETRY_DURATION_S),
+            0,
+            retention,
+            "0s means unlimited; tasks live at most 31 days",
+        ),
+        min_backoff=r.duration("minBackoff", _seconds(cloud_tasks.DEFAULT_MIN_BACKOFF_S), 0, retention),
+        max_backoff=r.duration("maxBackoff", _seconds(cloud_tasks.DEFAULT_MAX_BACKOFF_S), 0, retention),
+        max_doublings=r.integer(
+            "maxDoublings", cloud_tasks.DEFAULT_MAX_DOUBLINGS, 0, cloud_tasks.MAX_INT32, "must not be negative"
+        ),
     )
     if policy.min_backoff.seconds > policy.max_backoff.seconds:
         r.problems.append(
@@ -609,8 +617,8 @@ def _timeout(s: _Reader, queues: list[QueueSettings]) -> Duration:
     the retry then runs beside the first attempt.
     """
     slowest = max(queues, key=lambda q: q.dispatch_deadline.seconds, default=None)
-    default = slowest.dispatch_deadline if slowest else Duration.of(600)
-    timeout = s.duration("timeout", str(default), 1, MAX_REQUEST_TIMEOUT_S, "Cloud Run request timeout range")
+    default = slowest.dispatch_deadline if slowest else Duration.of(cloud_tasks.DEFAULT_DISPATCH_DEADLINE_S)
+    timeout = s.duration("timeout", str(default), 1, cloud_run.MAX_REQUEST_TIMEOUT_S, "Cloud Run request timeout range")
     if slowest and timeout.seconds < slowest.dispatch_deadline.seconds:
         s.problems.append(
             f"service.timeout: {timeout} is below queues.{slowest.key}.dispatchDeadline {slowest.dispatch_deadline};"

@@ -2,7 +2,7 @@
 
 The Pulumi program exports under these names and every consumer (the task client, another stack's
 StackReference, the local stack) reads them through `StackOutputs`, so the two sides cannot drift.
-This module imports nothing from Pulumi: producers install `taskclient` without it.
+Standard library only: producers install `taskclient` (and this package) without Pulumi.
 """
 
 from __future__ import annotations

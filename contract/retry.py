@@ -1,5 +1,7 @@
 """The Cloud Tasks retry law, as pure functions of a `RetryPolicy` (queue.py RetryConfig docstrings).
 
+The emulator schedules attempts by it, and the handler decides by it whether an attempt is the last one.
+
 Backoff: "A task's retry interval starts at min_backoff, then doubles max_doublings times, then increases
 linearly [by 2^max_doublings * min_backoff], and finally retries at intervals of max_backoff" - the docs'
 example (min 10 s, max 300 s, 3 doublings) gives 10, 20, 40, 80, 160, 240, 300, 300, ...
@@ -13,17 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = [
-    "DEFAULT_RETRY",
-    "TASK_RETENTION_SECONDS",
-    "UNLIMITED_ATTEMPTS",
-    "RetryPolicy",
-    "backoff_delay",
-    "retry_allowed",
-]
+from contract.cloud_tasks import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_MAX_DOUBLINGS,
+    DEFAULT_MAX_RETRY_DURATION_S,
+    DEFAULT_MIN_BACKOFF_S,
+    TASK_RETENTION_S,
+    UNLIMITED_ATTEMPTS,
+    UNLIMITED_RETRY_DURATION_S,
+)
 
-TASK_RETENTION_SECONDS = 31 * 24 * 3600.0  # "Maximum task retention: 31 days" (quotas page)
-UNLIMITED_ATTEMPTS = -1
+__all__ = ["DEFAULT_RETRY", "RetryPolicy", "backoff_delay", "retry_allowed", "retrying_stops"]
 
 # Past this many doublings any positive min_backoff exceeds every representable max_backoff.
 _DOUBLING_CEILING = 1000
@@ -33,11 +36,11 @@ _DOUBLING_CEILING = 1000
 class RetryPolicy:
     """A queue's (or task's) effective retry settings, in seconds, defaults already filled in."""
 
-    max_attempts: int = 100  # attempts including the first; -1 = unlimited
-    max_retry_duration: float = 0.0  # measured from the first attempt's dispatch; 0 = unlimited
-    min_backoff: float = 0.1
-    max_backoff: float = 3600.0
-    max_doublings: int = 16
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # attempts including the first; -1 = unlimited
+    max_retry_duration: float = DEFAULT_MAX_RETRY_DURATION_S  # from the first attempt's dispatch; 0 = unlimited
+    min_backoff: float = DEFAULT_MIN_BACKOFF_S
+    max_backoff: float = DEFAULT_MAX_BACKOFF_S
+    max_doublings: int = DEFAULT_MAX_DOUBLINGS
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -59,6 +62,22 @@ def backoff_delay(policy: RetryPolicy, failed_attempt: int) -> float:
     return min(delay, policy.max_backoff)
 
 
+def retrying_stops(policy: RetryPolicy, *, attempts: int, retried_for: float | None) -> bool:
+    """Whether no attempt follows a failed `attempts`-th attempt, `retried_for` seconds after the first
+    attempt's dispatch (the task's retention aside: see `retry_allowed`).
+
+    `retried_for` None means the caller cannot tell (the handler: the first attempt's time is in no header).
+    A duration limit is then taken as used up, so a caller that must guess treats the attempt as the last
+    one and records the task rather than lose it.
+    """
+    limits_used_up: list[bool] = []
+    if policy.max_attempts != UNLIMITED_ATTEMPTS:
+        limits_used_up.append(attempts >= policy.max_attempts)
+    if policy.max_retry_duration > UNLIMITED_RETRY_DURATION_S:
+        limits_used_up.append(retried_for is None or retried_for >= policy.max_retry_duration)
+    return bool(limits_used_up) and all(limits_used_up)
+
+
 def retry_allowed(
     policy: RetryPolicy, *, attempts: int, first_dispatch: float, created: float, failed_at: float
 ) -> bool:
@@ -67,11 +86,6 @@ def retry_allowed(
     The duration limit is judged when the attempt fails: once `max_retry_duration` has passed since the first
     attempt's dispatch (and the attempt limit is used up too), no further attempt is made.
     """
-    if failed_at - created >= TASK_RETENTION_SECONDS:
+    if failed_at - created >= TASK_RETENTION_S:
         return False
-    limits_used_up: list[bool] = []
-    if policy.max_attempts != UNLIMITED_ATTEMPTS:
-        limits_used_up.append(attempts >= policy.max_attempts)
-    if policy.max_retry_duration > 0:
-        limits_used_up.append(failed_at - first_dispatch >= policy.max_retry_duration)
-    return not (limits_used_up and all(limits_used_up))
+    return not retrying_stops(policy, attempts=attempts, retried_for=failed_at - first_dispatch)

@@ -9,8 +9,9 @@ import sys
 import uvicorn
 from starlette.types import ASGIApp
 
+from contract.handler_env import PORT
 from handler.app import create_app
-from handler.environment import PORT, HandlerConfigError, HandlerSettings
+from handler.environment import HandlerConfigError, HandlerSettings
 from handler.task_types import router
 
 # Cloud Run sends SIGTERM, then SIGKILL 10 s later: finish in-flight tasks within that.

@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contract.cloud_tasks import MAX_TASK_BYTES
+from contract.outcomes import TaskOutcome
 from handler.dead_letters import DeadLetterSink, LogDeadLetters, dead_letter
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, IdempotencyStore, MemoryStore
@@ -29,7 +31,7 @@ from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
 from handler.tasks import MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
 
-MAX_BODY_BYTES = 1024 * 1024  # Cloud Tasks' largest task; anything bigger did not come from it intact
+MAX_BODY_BYTES = MAX_TASK_BYTES  # anything bigger did not come from Cloud Tasks intact
 IN_PROGRESS_RETRY_AFTER_S = 30
 CERTS_RETRY_AFTER_S = 5
 
@@ -37,7 +39,7 @@ CERTS_RETRY_AFTER_S = 5
 @dataclass(frozen=True)
 class Reply:
     status: int
-    outcome: str  # done, duplicate, dead-lettered, retry, in-progress, failed, refused, rejected
+    outcome: TaskOutcome
     reason: str = ""
     retry_after: float | None = None
 
@@ -83,7 +85,7 @@ class TaskService:
         reply = await self._authorised(request)
         if reply is None:
             if context is None:
-                reply = Reply(400, "rejected", f"not a Cloud Tasks request: {malformed}")
+                reply = Reply(400, TaskOutcome.REJECTED, f"not a Cloud Tasks request: {malformed}")
             else:
                 reply = await self._deliver(request, path, context)
         self._log_request(request, path, context, reply, time.perf_counter() - started)
@@ -101,18 +103,20 @@ class TaskService:
         try:
             await run_in_threadpool(self._verifier.verify, request.headers.get("authorization"), audience)
         except TokenRejected as err:
-            return Reply(err.status, "refused", err.reason)
+            return Reply(err.status, TaskOutcome.REFUSED, err.reason)
         except VerifierUnavailable as err:
-            return Reply(503, "failed", f"cannot check tokens now: {err}", CERTS_RETRY_AFTER_S)
+            return Reply(503, TaskOutcome.FAILED, f"cannot check tokens now: {err}", CERTS_RETRY_AFTER_S)
         return None
 
     async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
         key = f"{context.queue}/{context.task}"
         claim = await self._store.claim(key)
         if claim is Claim.DONE:
-            return Reply(200, "duplicate", "this task was done before")
+            return Reply(200, TaskOutcome.DUPLICATE, "this task was done before")
         if claim is Claim.IN_PROGRESS:
-            return Reply(429, "in-progress", "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S)
+            return Reply(
+                429, TaskOutcome.IN_PROGRESS, "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S
+            )
         try:
             reply = await self._run(path, await _body(request), context)
         except BaseException:
@@ -147,27 +151,27 @@ class TaskService:
         except RetryLater as err:
             if context.is_final_attempt:
                 return await self._dead_letter(path, body, context, f"{_final(context)}: retry later: {err}")
-            return Reply(429, "retry", str(err), err.after_seconds)
+            return Reply(429, TaskOutcome.RETRY, str(err), err.after_seconds)
         except Exception as err:
             reason = f"{type(err).__name__}: {err}"
             if context.is_final_attempt:
                 return await self._dead_letter(path, body, context, f"{_final(context)}: {reason}")
-            return Reply(500, "failed", reason)
-        return Reply(200, "done")
+            return Reply(500, TaskOutcome.FAILED, reason)
+        return Reply(200, TaskOutcome.DONE)
 
     async def _dead_letter(self, path: str, body: bytes | None, context: TaskContext, reason: str) -> Reply:
         letter = dead_letter(context.queue, context.task, path, context.attempt, reason, body or b"")
         try:
             await self._dead_letters.record(letter)
         except Exception as err:
-            return Reply(500, "failed", f"dead-letter sink failed ({type(err).__name__}: {err}); {reason}")
-        return Reply(200, "dead-lettered", reason)
+            return Reply(500, TaskOutcome.FAILED, f"dead-letter sink failed ({type(err).__name__}: {err}); {reason}")
+        return Reply(200, TaskOutcome.DEAD_LETTERED, reason)
 
     def _log_request(
         self, request: Request, path: str, context: TaskContext | None, reply: Reply, seconds: float
     ) -> None:
         severity = "INFO" if reply.status < 400 or reply.status == 429 else "WARNING"
-        if reply.outcome in ("dead-lettered", "failed"):
+        if reply.outcome in (TaskOutcome.DEAD_LETTERED, TaskOutcome.FAILED):
             severity = "ERROR"
         fields: dict[str, Any] = {
             "outcome": reply.outcome,

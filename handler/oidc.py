@@ -19,7 +19,7 @@ from typing import Any
 
 from google.auth import crypt, exceptions, jwt
 
-from handler.environment import GOOGLE_CERTS_URL
+from contract.handler_env import GOOGLE_CERTS_URL
 
 __all__ = ["GOOGLE_CERTS_URL", "GOOGLE_ISSUERS", "Identity", "TokenRejected", "TokenVerifier", "VerifierUnavailable"]
 

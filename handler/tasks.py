@@ -12,6 +12,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from contract import cloud_tasks
+from contract.retry import RetryPolicy, retrying_stops
+
+# Header names as they arrive: Starlette hands them over lower-cased.
+_QUEUE_NAME = cloud_tasks.HEADER_QUEUE_NAME.lower()
+_TASK_NAME = cloud_tasks.HEADER_TASK_NAME.lower()
+_RETRY_COUNT = cloud_tasks.HEADER_RETRY_COUNT.lower()
+_EXECUTION_COUNT = cloud_tasks.HEADER_EXECUTION_COUNT.lower()
+_ETA = cloud_tasks.HEADER_ETA.lower()
+_PREVIOUS_RESPONSE = cloud_tasks.HEADER_PREVIOUS_RESPONSE.lower()
+_RETRY_REASON = cloud_tasks.HEADER_RETRY_REASON.lower()
+
 TaskFunction = Callable[[Any, "TaskContext"], Awaitable[None] | None]
 
 
@@ -51,24 +63,29 @@ class TaskContext:
 
     @property
     def is_final_attempt(self) -> bool:
-        """True when Cloud Tasks will not try again after a failure. Counts TaskRetryCount, which includes
-        attempts that never reached us; TaskExecutionCount would miss those."""
-        return self.max_attempts is not None and self.max_attempts != -1 and self.attempt >= self.max_attempts
+        """True when Cloud Tasks will not try again after a failure, by the retry law. Counts TaskRetryCount,
+        which includes attempts that never reached us; TaskExecutionCount would miss those."""
+        if self.max_attempts is None:
+            return False
+        # The stack hands the handler each queue's attempt limit, not its retry duration: with no duration
+        # limit, the law stops on attempts alone.
+        policy = RetryPolicy(max_attempts=self.max_attempts, max_retry_duration=cloud_tasks.UNLIMITED_RETRY_DURATION_S)
+        return retrying_stops(policy, attempts=self.attempt, retried_for=None)
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], max_attempts_of: Callable[[str], int | None]) -> TaskContext:
-        queue = headers.get("x-cloudtasks-queuename", "")
-        task = headers.get("x-cloudtasks-taskname", "")
+        queue = headers.get(_QUEUE_NAME, "")
+        task = headers.get(_TASK_NAME, "")
         if not queue or not task:
-            raise MalformedHeaders("missing X-CloudTasks-QueueName or X-CloudTasks-TaskName")
+            raise MalformedHeaders(f"missing {cloud_tasks.HEADER_QUEUE_NAME} or {cloud_tasks.HEADER_TASK_NAME}")
         return cls(
             queue=queue,
             task=task,
-            retry_count=_count(headers, "x-cloudtasks-taskretrycount"),
-            execution_count=_count(headers, "x-cloudtasks-taskexecutioncount"),
-            eta=_eta(headers.get("x-cloudtasks-tasketa")),
-            previous_response=_optional_int(headers.get("x-cloudtasks-taskpreviousresponse")),
-            retry_reason=headers.get("x-cloudtasks-taskretryreason") or None,
+            retry_count=_count(headers, _RETRY_COUNT),
+            execution_count=_count(headers, _EXECUTION_COUNT),
+            eta=_eta(headers.get(_ETA)),
+            previous_response=_optional_int(headers.get(_PREVIOUS_RESPONSE)),
+            retry_reason=headers.get(_RETRY_REASON) or None,
             max_attempts=max_attempts_of(queue),
             trace=headers.get("x-cloud-trace-context"),
         )
@@ -92,7 +109,7 @@ def _eta(text: str | None) -> datetime | None:
     try:
         return datetime.fromtimestamp(float(text), UTC) if text else None
     except (ValueError, OverflowError, OSError):
-        raise MalformedHeaders(f"x-cloudtasks-tasketa: {text!r} is not seconds since the epoch") from None
+        raise MalformedHeaders(f"{_ETA}: {text!r} is not seconds since the epoch") from None
 
 
 class TaskRouter:

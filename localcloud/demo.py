@@ -17,13 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from contract.outcomes import TaskOutcome
+from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import running, write_outputs
 from taskclient.connection import connect
 from taskclient.publisher import Outcome, PublishResult, TaskPublisher, TaskRequest
-from taskclient.stack_outputs import StackOutputs
 
-TERMINAL = {"done": "delivered", "dead-lettered": "dead-lettered"}
+# The handler's log outcome that ends a task -> how the summary counts it.
+TERMINAL = {TaskOutcome.DONE: "delivered", TaskOutcome.DEAD_LETTERED: "dead-lettered"}
 EMAIL_PATH = "/tasks/send-email"
 
 
@@ -65,7 +67,7 @@ class Ledger:
             if entry.get("outcome") in TERMINAL and fate.outcome is None:
                 fate.outcome = TERMINAL[entry["outcome"]]
                 fate.finished_at = datetime.fromisoformat(entry["time"]).timestamp()
-            elif entry.get("outcome") in ("failed", "retry"):
+            elif entry.get("outcome") in (TaskOutcome.FAILED, TaskOutcome.RETRY):
                 fate.failed_attempts += 1
             self.changed.notify_all()
 

@@ -28,7 +28,7 @@ import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from handler import environment as handler_env
+from contract import cloud_tasks, handler_env
 from localcloud.program import PROJECT_DIR, ProgramRun, SimulatedGcp, evaluate
 
 QUEUE = "gcp:cloudtasks/queue:Queue"
@@ -105,22 +105,27 @@ def _queues(run: ProgramRun) -> Iterator[tasks_v2.Queue]:
 
 def queue_from_inputs(inputs: Mapping[str, Any]) -> tasks_v2.Queue:
     """The Cloud Tasks queue a `gcp.cloudtasks.Queue` with these (engine, camelCase) inputs creates."""
+    # A key the program leaves out gets Cloud Tasks' default, as the real service gives it.
     rates, retry = inputs.get("rateLimits", {}), inputs.get("retryConfig", {})
     queue = tasks_v2.Queue(
         name=f"projects/{inputs['project']}/locations/{inputs['location']}/queues/{inputs['name']}",
         rate_limits=tasks_v2.RateLimits(
-            max_dispatches_per_second=rates.get("maxDispatchesPerSecond", 500),
-            max_concurrent_dispatches=int(rates.get("maxConcurrentDispatches", 1000)),
+            max_dispatches_per_second=rates.get("maxDispatchesPerSecond", cloud_tasks.DEFAULT_DISPATCHES_PER_SECOND),
+            max_concurrent_dispatches=int(
+                rates.get("maxConcurrentDispatches", cloud_tasks.DEFAULT_CONCURRENT_DISPATCHES)
+            ),
         ),
         retry_config=tasks_v2.RetryConfig(
-            max_attempts=int(retry.get("maxAttempts", 100)),
-            max_retry_duration=_duration(retry.get("maxRetryDuration", "0s")),
-            min_backoff=_duration(retry.get("minBackoff", "0.1s")),
-            max_backoff=_duration(retry.get("maxBackoff", "3600s")),
-            max_doublings=int(retry.get("maxDoublings", 16)),
+            max_attempts=int(retry.get("maxAttempts", cloud_tasks.DEFAULT_MAX_ATTEMPTS)),
+            max_retry_duration=_duration(retry.get("maxRetryDuration"), cloud_tasks.DEFAULT_MAX_RETRY_DURATION_S),
+            min_backoff=_duration(retry.get("minBackoff"), cloud_tasks.DEFAULT_MIN_BACKOFF_S),
+            max_backoff=_duration(retry.get("maxBackoff"), cloud_tasks.DEFAULT_MAX_BACKOFF_S),
+            max_doublings=int(retry.get("maxDoublings", cloud_tasks.DEFAULT_MAX_DOUBLINGS)),
         ),
         stackdriver_logging_config=tasks_v2.StackdriverLoggingConfig(
-            sampling_ratio=inputs.get("stackdriverLoggingConfig", {}).get("samplingRatio", 0.0)
+            sampling_ratio=inputs.get("stackdriverLoggingConfig", {}).get(
+                "samplingRatio", cloud_tasks.DEFAULT_LOG_SAMPLING_RATIO
+            )
         ),
     )
     target = inputs.get("httpTarget")
@@ -150,8 +155,8 @@ def _http_target(target: Mapping[str, Any]) -> tasks_v2.HttpTarget:
     return http_target
 
 
-def _duration(text: str) -> timedelta:
-    return timedelta(seconds=float(text.removesuffix("s")))
+def _duration(text: str | None, default_seconds: float) -> timedelta:
+    return timedelta(seconds=float(text.removesuffix("s")) if text is not None else default_seconds)
 
 
 @dataclass

@@ -22,9 +22,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from contract.outputs import OUTPUTS_ENV, StackOutputsError
 from taskclient.errors import TaskClientError
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, read_outputs_document
-from taskclient.stack_outputs import OUTPUTS_ENV, StackOutputsError
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

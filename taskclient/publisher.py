@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -25,21 +24,20 @@ from typing import IO, Any
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
 
+from contract import cloud_tasks as limits
+from contract.outputs import OUTPUTS_ENV, QueueOutputs, StackOutputs, StackOutputsError
 from taskclient.connection import Connection, connect
 from taskclient.errors import TRANSIENT, PublishError, TaskClientError, TaskValidationError, explain
-from taskclient.stack_outputs import OUTPUTS_ENV, QueueOutputs, StackOutputs, StackOutputsError
 
-# Cloud Tasks limits (README "Creating tasks" cites each). The CreateTask reference says 100 KB per
+# Cloud Tasks limits (contract/cloud_tasks.py has their sources). The CreateTask reference says 100 KB per
 # task while the quotas page says 1 MiB: the lower one is safe under both.
-MAX_BODY_BYTES = 100_000
-MAX_SCHEDULE_AHEAD = timedelta(days=30)
-MIN_DEADLINE, MAX_DEADLINE = timedelta(seconds=15), timedelta(minutes=30)
-MAX_URL_LENGTH = 2083
-MAX_HEADER_BYTES = 80 * 1024
-TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
-# Headers Cloud Tasks computes, reserves or replaces: setting them is at best ignored.
-RESERVED_HEADERS = ("host", "content-length", "user-agent", "authorization")
-RESERVED_HEADER_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
+MAX_BODY_BYTES = limits.DOCUMENTED_CREATE_TASK_BYTES
+MAX_SCHEDULE_AHEAD = timedelta(seconds=limits.MAX_SCHEDULE_AHEAD_S)
+MIN_DEADLINE = timedelta(seconds=limits.MIN_DISPATCH_DEADLINE_S)
+MAX_DEADLINE = timedelta(seconds=limits.MAX_DISPATCH_DEADLINE_S)
+# Setting these is at best ignored: Cloud Tasks computes or replaces them, and the OIDC token is the
+# Authorization header.
+REFUSED_HEADERS = (*limits.RESERVED_HEADERS, "authorization")
 
 
 class Outcome(StrEnum):
@@ -257,9 +255,9 @@ class TaskPublisher:
             return ""
         else:
             url = self.outputs.service_url.rstrip("/") + path
-        if len(url) > MAX_URL_LENGTH:
+        if len(url) > limits.MAX_URL_LENGTH:
             problems.append(
-                f"path: the task URL is {len(url)} characters, above the Cloud Tasks limit of {MAX_URL_LENGTH}"
+                f"path: the task URL is {len(url)} characters, above the Cloud Tasks limit of {limits.MAX_URL_LENGTH}"
             )
         return url
 
@@ -270,7 +268,7 @@ class TaskPublisher:
         task_id = task_id_for(key) if key is not None else name
         if task_id is None or queue is None:
             return ""
-        if not TASK_ID.fullmatch(task_id):
+        if not limits.TASK_ID.fullmatch(task_id):
             problems.append(f"name: {task_id!r} is not a task id (1-500 letters, digits, '-' or '_')")
             return ""
         return f"{queue.path}/tasks/{task_id}"
@@ -323,15 +321,15 @@ def _headers(headers: Mapping[str, str] | None, content_type: str | None, proble
         result["Content-Type"] = content_type
     for key, value in given.items():
         lower = key.lower()
-        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
+        if lower in REFUSED_HEADERS or lower.startswith(limits.RESERVED_HEADER_PREFIXES):
             problems.append(f"headers: {key!r} is set by Cloud Tasks (or the OIDC token); remove it")
         elif not isinstance(value, str):
             problems.append(f"headers: {key!r} must be a string, got {type(value).__name__}")
         else:
             result[key] = value
     size = sum(len(k) + len(v) for k, v in result.items())
-    if size >= MAX_HEADER_BYTES:
-        problems.append(f"headers: {size:,} bytes is at or above the Cloud Tasks limit of {MAX_HEADER_BYTES:,}")
+    if size >= limits.MAX_HEADERS_BYTES:
+        problems.append(f"headers: {size:,} bytes is at or above the Cloud Tasks limit of {limits.MAX_HEADERS_BYTES:,}")
     return result
 
 

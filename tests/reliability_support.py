@@ -24,9 +24,9 @@ import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import RunningStack, running
-from taskclient.stack_outputs import StackOutputs
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROBE = TESTS_DIR / "reliability_probe.py"

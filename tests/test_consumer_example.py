@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from contract.outputs import OUTPUTS_ENV, OutputName
 from harness import run_stack
 from localcloud.program import PROJECT_DIR, ProgramRun, SimulatedGcp, evaluate
-from taskclient.stack_outputs import OUTPUTS_ENV, OutputName
 
 CONSUMER = PROJECT_DIR / "examples" / "consumer" / "__main__.py"
 TASKS_STACK = "my-org/cloudrun-tasks/dev"

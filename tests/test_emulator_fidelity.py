@@ -19,10 +19,10 @@ from google.cloud import tasks_v2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.core import CloudTasksCore, CloudTasksError
 from localcloud.emulator.engine import Attempt
 from localcloud.emulator.errors import TASK_TOMBSTONE_MESSAGE
-from localcloud.emulator.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.simulation import SimulationReport, Simulator, simulate
 
 DAY = 24 * 3600.0

@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from contract.handler_env import QueueEntry
 from handler.app import MAX_BODY_BYTES, create_app
 from handler.dead_letters import MemoryDeadLetters
-from handler.environment import HandlerConfigError, HandlerSettings, QueuePolicy
+from handler.environment import HandlerConfigError, HandlerSettings
 from handler.structured_log import JsonLog
 from handler.tasks import PermanentError, RetryLater, TaskContext, TaskRouter
 
 QUEUE = "tasks-dev-default-336068"
-SETTINGS = HandlerSettings(queues={QUEUE: QueuePolicy("default", max_attempts=3)}, invoker_emails=frozenset())
+SETTINGS = HandlerSettings(queues={QUEUE: QueueEntry("default", max_attempts=3)}, invoker_emails=frozenset())
 
 calls: list[tuple[Any, TaskContext]] = []
 router = TaskRouter()
@@ -302,6 +303,6 @@ def test_environment_set_by_the_stack_is_understood() -> None:
         "GOOGLE_CLOUD_PROJECT": "my-tasks-dev",
     }
     settings = HandlerSettings.from_environ(env)
-    assert settings.queues == {QUEUE: QueuePolicy("default", 5)}
+    assert settings.queues == {QUEUE: QueueEntry("default", 5)}
     assert settings.invoker_emails == {"tasks-dev-invoker@my-tasks-dev.iam.gserviceaccount.com"}
     assert settings.project == "my-tasks-dev" and settings.verify_oidc is False

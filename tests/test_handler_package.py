@@ -1,4 +1,6 @@
-"""The handler's image holds only handler/ and handler/requirements.txt: check that is enough."""
+"""The handler's image holds only handler/, contract/ and handler/requirements.txt: check that is enough.
+
+(contract/ imports only the standard library: tests/test_architecture.py holds it to that.)"""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def imported_roots() -> set[str]:
 
 
 def test_handler_imports_only_itself_the_standard_library_and_pinned_packages() -> None:
-    third_party = imported_roots() - set(sys.stdlib_module_names) - {"handler", "__future__"}
+    third_party = imported_roots() - set(sys.stdlib_module_names) - {"handler", "contract", "__future__"}
     assert third_party <= set(DISTRIBUTIONS), f"not in the image: {third_party - set(DISTRIBUTIONS)}"
     pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (HANDLER / "requirements.txt").read_text(), re.MULTILINE))
     assert {DISTRIBUTIONS[root] for root in third_party} <= set(pinned)
@@ -42,6 +44,9 @@ def test_handler_never_imports_pulumi_or_the_other_packages() -> None:
 
 def test_dockerfile_runs_the_module_on_all_interfaces_as_a_non_root_user() -> None:
     dockerfile = (HANDLER / "Dockerfile").read_text()
-    assert "COPY requirements.txt" in dockerfile and "pip install --no-cache-dir -r" in dockerfile
+    assert "COPY handler/requirements.txt" in dockerfile and "pip install --no-cache-dir -r" in dockerfile
+    # Built from the project root: the two packages the handler runs, and nothing else of the project.
+    assert re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE) == ["handler/requirements.txt", "contract", "handler"]
+    assert (PROJECT_DIR / ".dockerignore").read_text().split("\n")[1:4] == ["*", "!handler/", "!contract/"]
     assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE)
     assert 'CMD ["python", "-m", "handler", "--host", "0.0.0.0"]' in dockerfile

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from google.cloud import tasks_v2
 
+from contract.outputs import StackOutputs
 from localcloud.stack import _handler_env, plan, stack_config
-from taskclient.stack_outputs import StackOutputs
 
 PORT = 18080
 URL = f"http://127.0.0.1:{PORT}"

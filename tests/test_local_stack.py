@@ -15,12 +15,12 @@ import pytest
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from contract.outputs import StackOutputs
 from localcloud.demo import Ledger
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import RunningStack, running
 from taskclient.connection import connect
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest
-from taskclient.stack_outputs import StackOutputs
 
 SETTLE_TIMEOUT_S = 60
 

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from components.settings import load_settings
+from contract import handler_env
+from contract.outputs import OutputName, StackOutputs
 from gcp_schema import schema_problems
-from handler import environment
 from harness import run_stack, stack_file_config
 from localcloud.program import ProgramError, ProgramRun, Registration, evaluate
-from taskclient.stack_outputs import OutputName, StackOutputs
 
 API = "gcp:projects/service:Service"
 ACCOUNT = "gcp:serviceaccount/account:Account"
@@ -120,18 +120,18 @@ def test_service_scaling_and_resources_follow_config(prod: ProgramRun) -> None:
 def test_service_env_tells_the_handler_each_queue_max_attempts_and_its_invoker(dev: ProgramRun) -> None:
     env = {e["name"]: e["value"] for e in one(dev, SERVICE).inputs["template"]["containers"][0]["envs"]}
     queues = dev.outputs[OutputName.QUEUES]
-    assert json.loads(env[environment.QUEUES]) == {
+    assert json.loads(env[handler_env.QUEUES]) == {
         queues["default"]["id"]: {"key": "default", "maxAttempts": 5, "dispatchDeadlineSeconds": 600.0},
         queues["emails"]["id"]: {"key": "emails", "maxAttempts": 10, "dispatchDeadlineSeconds": 120.0},
     }
-    assert env[environment.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
-    assert env[environment.PROJECT] == "my-tasks-dev"
+    assert env[handler_env.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
+    assert env[handler_env.PROJECT] == "my-tasks-dev"
 
 
 def test_user_env_is_passed_beside_the_stack_env(prod: ProgramRun) -> None:
     env = {e["name"]: e["value"] for e in one(prod, SERVICE).inputs["template"]["containers"][0]["envs"]}
     assert env["LOG_LEVEL"] == "info"
-    assert {environment.QUEUES, environment.INVOKER_EMAILS} <= set(env)
+    assert {handler_env.QUEUES, handler_env.INVOKER_EMAILS} <= set(env)
 
 
 def test_deletion_protection_is_per_stack(dev: ProgramRun, prod: ProgramRun) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from components import settings as s
+from contract.outputs import OutputName, QueueField
 from localcloud.program import PROJECT_DIR
-from taskclient.stack_outputs import OutputName, QueueField
 
 README = (PROJECT_DIR / "README.md").read_text()
 
@@ -92,21 +92,19 @@ def python_example(heading: str) -> str:
 def test_the_taskclient_example_runs_as_written(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud_tasks_server import CloudTasksServer, FakeCloudTasks
+    from emulator_support import LoopbackEmulator, stack_queues
 
     from harness import run_stack
 
-    outputs = dict(run_stack("dev").outputs)
+    run = run_stack("dev")
+    outputs = dict(run.outputs)
     (tmp_path / "outputs.json").write_text(json.dumps(outputs))
     monkeypatch.chdir(tmp_path)
-    state = FakeCloudTasks()
-    for queue in outputs["queues"].values():
-        state.add_queue(queue["path"])
-    with CloudTasksServer(state) as server:
-        monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", server.address)
+    with LoopbackEmulator(stack_queues(run)) as emulator:
+        monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
         namespace: dict[str, Any] = {}
         exec(compile(python_example("From Python: `taskclient`"), "README.md", "exec"), namespace)
     assert namespace["failed"] == []
     assert len(namespace["results"]) == 1000
-    assert len(state.tasks) == 1002
+    assert len(emulator.tasks()) == 1002
     assert namespace["name"].startswith(outputs["default_queue_path"] + "/tasks/")

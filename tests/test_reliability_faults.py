@@ -20,8 +20,8 @@ from google.cloud import tasks_v2
 from reliability_probe import Fault, decide
 from reliability_support import PROBE_COMMAND, Watch, start_process, stock_client, stop_process, uvicorn_ready
 
+from contract.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.realtime import AsyncDispatcher, DispatchResult
-from localcloud.emulator.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.service import CloudTasksEmulator
 from localcloud.stack import free_port
 
@@ -56,7 +56,7 @@ def rig() -> Iterator[Rig]:
 
     emulator = CloudTasksEmulator(strict_deadlines=False)
     # The same dispatcher, reporting each attempt to the test instead of the log.
-    emulator.realtime = AsyncDispatcher(emulator.core, on_result=on_result)
+    emulator.dispatcher = AsyncDispatcher(emulator.core, on_result=on_result)
     port = free_port()
     queues = {q: {"key": q, "maxAttempts": MAX_ATTEMPTS} for q in (FAULTY, SCHEDULE)}
     probe = start_process(

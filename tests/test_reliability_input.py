@@ -26,9 +26,11 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from components.settings import PROJECT_KEYS, QUEUE_KEYS, RATE_LIMIT_KEYS, RETRY_KEYS, SERVICE_KEYS, shown_key
+from contract.handler_env import QueueEntry
+from contract.outputs import StackOutputs, StackOutputsError
 from gcp_schema import schema_problems
 from handler.app import create_app
-from handler.environment import HandlerSettings, QueuePolicy
+from handler.environment import HandlerSettings
 from handler.oidc import TokenVerifier
 from handler.structured_log import JsonLog
 from handler.task_types import router
@@ -41,7 +43,6 @@ from localcloud.emulator.server import SERVICE, EmulatorServer
 from localcloud.program import ProgramError, evaluate
 from localcloud.stack import plan, stack_config
 from taskclient.publisher import read_outputs_document
-from taskclient.stack_outputs import StackOutputs, StackOutputsError
 
 # Deterministic: the same examples on every run (derandomize), no example database.
 
@@ -247,7 +248,7 @@ def test_a_key_with_a_line_break_is_refused_on_one_line(site: str) -> None:
 # --- task requests into the handler --------------------------------------------------------------------------------
 
 QUEUE = "tasks-dev-default-fuzz"
-SETTINGS = HandlerSettings(queues={QUEUE: QueuePolicy("default", max_attempts=5)}, invoker_emails=frozenset())
+SETTINGS = HandlerSettings(queues={QUEUE: QueueEntry("default", max_attempts=5)}, invoker_emails=frozenset())
 CONTRACT = {
     (200, "done"),
     (200, "duplicate"),

@@ -27,7 +27,6 @@ from components.settings import (
     RATE_LIMIT_KEYS,
     RETRY_KEYS,
     SERVICE_KEYS,
-    TASK_RETENTION_S,
     Duration,
     Ingress,
     QueueSettings,
@@ -38,6 +37,7 @@ from components.settings import (
     SettingsError,
     load_settings,
 )
+from contract.cloud_tasks import TASK_RETENTION_S
 
 # --- builder ------------------------------------------------------------------------------------
 
@@ -952,7 +952,7 @@ def duration_texts(draw: st.DrawFn, high: int) -> str:
 
 
 @PROPERTY
-@given(duration_texts(TASK_RETENTION_S))
+@given(duration_texts(int(TASK_RETENTION_S)))
 def test_durations_round_trip(text: str) -> None:
     loaded = load(config(queues=retry(maxRetryDuration=text))).queue("default").retry.max_retry_duration
     assert loaded.seconds == Decimal(text[:-1])

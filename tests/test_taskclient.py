@@ -1,4 +1,4 @@
-"""taskclient against a real gRPC server on loopback, with the stock google-cloud-tasks client underneath."""
+"""taskclient against the emulator on loopback gRPC, with the stock google-cloud-tasks client underneath."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from typing import Any
 
 import grpc
 import pytest
-from cloud_tasks_server import CloudTasksServer, FakeCloudTasks
+from emulator_support import LoopbackEmulator, stack_queues
 from google.cloud import tasks_v2
 
+from contract.outputs import StackOutputs
 from harness import run_stack
+from localcloud.emulator.faults import Fault
 from taskclient.connection import connect
 from taskclient.errors import PublishError, TaskValidationError
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, task_id_for
-from taskclient.stack_outputs import StackOutputs
 
-OUTPUTS = dict(run_stack("dev").outputs)
+RUN = run_stack("dev")
+OUTPUTS = dict(RUN.outputs)
 STACK = StackOutputs.from_mapping(OUTPUTS)
 DEFAULT, EMAILS = STACK.queues["default"], STACK.queues["emails"]
 # The publisher's clock: a fixed instant, ahead of the server's real clock so schedule times stay future.
@@ -25,11 +27,8 @@ NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 
 
 @pytest.fixture
-def server() -> Iterator[CloudTasksServer]:
-    state = FakeCloudTasks()
-    for queue in STACK.queues.values():
-        state.add_queue(queue.path)
-    with CloudTasksServer(state) as running:
+def server() -> Iterator[LoopbackEmulator]:
+    with LoopbackEmulator(stack_queues(RUN)) as running:
         yield running
 
 
@@ -39,15 +38,15 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def publisher(server: CloudTasksServer, sleeps: list[float]) -> Iterator[TaskPublisher]:
+def publisher(server: LoopbackEmulator, sleeps: list[float]) -> Iterator[TaskPublisher]:
     with TaskPublisher.from_mapping(
         OUTPUTS, connection=connect(server.address), now=lambda: NOW, sleep=sleeps.append
     ) as created:
         yield created
 
 
-def only_task(server: CloudTasksServer) -> tasks_v2.Task:
-    tasks = server.state.tasks
+def only_task(server: LoopbackEmulator) -> tasks_v2.Task:
+    tasks = server.tasks()
     assert len(tasks) == 1
     return tasks[0]
 
@@ -56,7 +55,7 @@ def only_task(server: CloudTasksServer) -> tasks_v2.Task:
 
 
 def test_json_task_carries_the_invoker_token_and_explicit_audience(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
     name = publisher.publish({"order": 42})
     task = only_task(server)
@@ -69,10 +68,10 @@ def test_json_task_carries_the_invoker_token_and_explicit_audience(
     assert request.oidc_token.service_account_email == STACK.invoker_email
     assert request.oidc_token.audience == STACK.oidc_audience == STACK.service_url
     assert task.dispatch_deadline == timedelta(seconds=600)
-    assert ("x-goog-request-params", f"parent={DEFAULT.path}") in server.state.metadata[0]
+    assert ("x-goog-request-params", f"parent={DEFAULT.path}") in server.faults.calls("CreateTask")[0].metadata
 
 
-def test_bytes_are_sent_as_given_without_a_content_type(publisher: TaskPublisher, server: CloudTasksServer) -> None:
+def test_bytes_are_sent_as_given_without_a_content_type(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish(b"\x00raw")
     request = only_task(server).http_request
     assert request.body == b"\x00raw"
@@ -80,7 +79,7 @@ def test_bytes_are_sent_as_given_without_a_content_type(publisher: TaskPublisher
 
 
 def test_queue_level_routing_leaves_url_and_token_to_the_queue(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
     publisher.publish({"to": "a@example.com"}, queue="emails")
     task = only_task(server)
@@ -90,7 +89,7 @@ def test_queue_level_routing_leaves_url_and_token_to_the_queue(
     assert task.dispatch_deadline == timedelta(seconds=120)
 
 
-def test_path_delay_deadline_and_headers(publisher: TaskPublisher, server: CloudTasksServer) -> None:
+def test_path_delay_deadline_and_headers(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({}, path="/tasks/resize", delay=90, deadline=timedelta(minutes=20), headers={"X-Tenant": "t1"})
     task = only_task(server)
     assert task.http_request.url == STACK.service_url + "/tasks/resize"
@@ -100,15 +99,15 @@ def test_path_delay_deadline_and_headers(publisher: TaskPublisher, server: Cloud
 
 
 def test_a_name_is_created_once_and_a_repeat_returns_the_same_name(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
     first = publisher.publish({"n": 1}, name="order-42")
     again = publisher.publish({"n": 1}, name="order-42")
     assert first == again == f"{DEFAULT.path}/tasks/order-42"
-    assert len(server.state.tasks) == 1
+    assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
-def test_dedupe_key_derives_a_hashed_name(publisher: TaskPublisher, server: CloudTasksServer) -> None:
+def test_dedupe_key_derives_a_hashed_name(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     name = publisher.publish({"n": 1}, dedupe_key="invoice:2026-11:42")
     assert name == f"{DEFAULT.path}/tasks/{task_id_for('invoice:2026-11:42')}"
     assert len(task_id_for("invoice:2026-11:42")) == 64
@@ -144,12 +143,12 @@ FAR = NOW + timedelta(days=31)
     ],
 )
 def test_bad_arguments_are_refused_before_any_rpc(
-    publisher: TaskPublisher, server: CloudTasksServer, payload: Any, options: dict[str, Any], message: str
+    publisher: TaskPublisher, server: LoopbackEmulator, payload: Any, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(TaskValidationError) as raised:
         publisher.publish(payload, **options)
     assert message in str(raised.value)
-    assert server.state.create_calls == 0
+    assert server.faults.calls() == []
 
 
 def test_every_bad_argument_is_named_at_once(publisher: TaskPublisher) -> None:
@@ -187,9 +186,9 @@ def test_emulator_host_must_be_host_and_port() -> None:
     ],
 )
 def test_server_errors_become_actionable_messages(
-    publisher: TaskPublisher, server: CloudTasksServer, code: grpc.StatusCode, detail: str, expected: str
+    publisher: TaskPublisher, server: LoopbackEmulator, code: grpc.StatusCode, detail: str, expected: str
 ) -> None:
-    server.state.fail_next(code, detail)
+    server.faults.fail_next("CreateTask", code, detail)
     with pytest.raises(PublishError) as raised:
         publisher.publish({}, name="t1")
     message = str(raised.value)
@@ -198,12 +197,12 @@ def test_server_errors_become_actionable_messages(
     assert raised.value.code == code.name
     if code is grpc.StatusCode.PERMISSION_DENIED:
         assert f"the caller (emulator {server.address})" in message
-    assert server.state.create_calls == 1  # not retried
+    assert server.create_calls() == 1  # not retried
 
 
 def test_a_queue_the_server_does_not_have_is_reported_as_not_deployed() -> None:
     with (
-        CloudTasksServer(FakeCloudTasks()) as empty,
+        LoopbackEmulator() as empty,
         TaskPublisher.from_mapping(OUTPUTS, connection=connect(empty.address)) as publisher,
         pytest.raises(PublishError) as raised,
     ):
@@ -212,8 +211,18 @@ def test_a_queue_the_server_does_not_have_is_reported_as_not_deployed() -> None:
     assert "(they say europe-west1)" in str(raised.value)
 
 
-def test_a_paused_queue_is_reported_with_how_to_resume(publisher: TaskPublisher, server: CloudTasksServer) -> None:
-    server.state.pause(DEFAULT.path)
+def test_a_paused_queue_accepts_tasks(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
+    # As in Cloud Tasks: pausing stops dispatch, not creation, so the client must not refuse it either.
+    server.pause(DEFAULT.path)
+    assert publisher.publish({}, name="while-paused") == f"{DEFAULT.path}/tasks/while-paused"
+    assert [task.name for task in server.tasks()] == [f"{DEFAULT.path}/tasks/while-paused"]
+
+
+def test_a_queue_refusing_tasks_is_reported_with_how_to_resume(
+    publisher: TaskPublisher, server: LoopbackEmulator
+) -> None:
+    # FAILED_PRECONDITION is what a queue that does not take tasks (disabled) answers; the emulator never does.
+    server.faults.fail_next("CreateTask", grpc.StatusCode.FAILED_PRECONDITION, "Queue is disabled")
     with pytest.raises(PublishError, match=r"does not accept tasks now.*gcloud tasks queues resume"):
         publisher.publish({})
 
@@ -222,42 +231,42 @@ def test_a_paused_queue_is_reported_with_how_to_resume(publisher: TaskPublisher,
 
 
 def test_named_task_is_retried_with_backoff_on_transient_errors(
-    publisher: TaskPublisher, server: CloudTasksServer, sleeps: list[float]
+    publisher: TaskPublisher, server: LoopbackEmulator, sleeps: list[float]
 ) -> None:
-    server.state.fail_next(grpc.StatusCode.UNAVAILABLE, "try again", times=2)
+    server.faults.fail_next("CreateTask", grpc.StatusCode.UNAVAILABLE, "try again", times=2)
     assert publisher.publish({}, name="t1").endswith("/tasks/t1")
-    assert server.state.create_calls == 3
+    assert server.create_calls() == 3 and len(server.tasks()) == 1
     assert len(sleeps) == 2 and 0.125 <= sleeps[0] <= 0.375 and 0.25 <= sleeps[1] <= 0.75
 
 
-def test_already_exists_after_a_lost_response_means_created(publisher: TaskPublisher, server: CloudTasksServer) -> None:
-    server.state.fail_next(grpc.StatusCode.DEADLINE_EXCEEDED, "response lost", after_create=True)
+def test_already_exists_after_a_lost_response_means_created(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
+    server.faults.fail_next("CreateTask", grpc.StatusCode.DEADLINE_EXCEEDED, "response lost", after_effect=True)
     results = publisher.publish_many([TaskRequest({}, name="t1")])
     assert [(r.outcome, r.name) for r in results] == [(Outcome.CREATED, f"{DEFAULT.path}/tasks/t1")]
-    assert len(server.state.tasks) == 1 and server.state.create_calls == 2
+    assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
-def test_unnamed_task_is_not_retried(publisher: TaskPublisher, server: CloudTasksServer, sleeps: list[float]) -> None:
-    server.state.fail_next(grpc.StatusCode.UNAVAILABLE, "try again")
+def test_unnamed_task_is_not_retried(publisher: TaskPublisher, server: LoopbackEmulator, sleeps: list[float]) -> None:
+    server.faults.fail_next("CreateTask", grpc.StatusCode.UNAVAILABLE, "try again")
     with pytest.raises(PublishError, match="not retried: a task without a name could be created twice"):
         publisher.publish({})
-    assert server.state.create_calls == 1 and sleeps == []
+    assert server.create_calls() == 1 and sleeps == []
 
 
 def test_retries_give_up_after_the_configured_attempts(
-    publisher: TaskPublisher, server: CloudTasksServer, sleeps: list[float]
+    publisher: TaskPublisher, server: LoopbackEmulator, sleeps: list[float]
 ) -> None:
-    server.state.fail_next(grpc.StatusCode.UNAVAILABLE, "down", times=10)
+    server.faults.fail_next("CreateTask", grpc.StatusCode.UNAVAILABLE, "down", times=10)
     with pytest.raises(PublishError, match=r"after 5 attempts"):
         publisher.publish({}, name="t1")
-    assert server.state.create_calls == 5 and len(sleeps) == 4
+    assert server.create_calls() == 5 and len(sleeps) == 4
 
 
 # --- many tasks -------------------------------------------------------------------------------------
 
 
 def test_bulk_creates_every_task_exactly_once_and_reports_each(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
     seen: list[int] = []
     results = publisher.publish_many(
@@ -266,18 +275,19 @@ def test_bulk_creates_every_task_exactly_once_and_reports_each(
     assert [r.index for r in results] == list(range(1000))
     assert {r.outcome for r in results} == {Outcome.CREATED}
     assert sorted(seen) == list(range(1000))
-    stored = server.state.tasks
+    stored = server.tasks()
     assert len(stored) == 1000 == len({t.name for t in stored})
     assert {r.name for r in results} == {t.name for t in stored}
 
 
+DENIED = Fault(grpc.StatusCode.PERMISSION_DENIED, "The principal lacks IAM permission cloudtasks.tasks.create")
+
+
 def test_bulk_accounts_for_duplicates_invalid_items_and_server_failures(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
     publisher.publish({}, dedupe_key="seen-before")
-    server.state.fail_when(
-        lambda request: _fault(grpc.StatusCode.PERMISSION_DENIED) if request.task.name.endswith("/denied") else None
-    )
+    server.faults.fail_when("CreateTask", lambda request: DENIED if request.task.name.endswith("/denied") else None)
     items = [
         TaskRequest({"ok": 1}),
         TaskRequest({}, dedupe_key="seen-before"),
@@ -295,15 +305,15 @@ def test_bulk_accounts_for_duplicates_invalid_items_and_server_failures(
     ]
     assert results[2].error is not None and "queue: 'nope'" in results[2].error
     assert results[3].error is not None and "roles/cloudtasks.enqueuer" in results[3].error
-    assert len(server.state.tasks) == 3
+    assert len(server.tasks()) == 3
 
 
 def test_bulk_never_has_more_rpcs_in_flight_than_its_concurrency(
-    publisher: TaskPublisher, server: CloudTasksServer
+    publisher: TaskPublisher, server: LoopbackEmulator
 ) -> None:
-    server.state.delay = 0.02
+    server.faults.latency = 0.02  # so that calls overlap, and the cap is what stops more of them
     publisher.publish_many([{"n": n} for n in range(60)], concurrency=5)
-    assert server.state.max_in_flight == 5
+    assert server.faults.max_in_flight == 5 and len(server.tasks()) == 60
 
 
 def test_concurrency_must_be_sensible(publisher: TaskPublisher) -> None:
@@ -311,13 +321,7 @@ def test_concurrency_must_be_sensible(publisher: TaskPublisher) -> None:
         publisher.publish_many([{}], concurrency=0)
 
 
-def _fault(code: grpc.StatusCode) -> Any:
-    from cloud_tasks_server import Fault
-
-    return Fault(code, "The principal lacks IAM permission cloudtasks.tasks.create")
-
-
-def test_a_given_content_type_wins_over_the_derived_one(publisher: TaskPublisher, server: CloudTasksServer) -> None:
+def test_a_given_content_type_wins_over_the_derived_one(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({"a": 1}, headers={"content-type": "application/cloudevents+json"})
     headers = only_task(server).http_request.headers
     assert headers == {"content-type": "application/cloudevents+json"}

@@ -1,4 +1,4 @@
-"""`python -m taskclient` end to end, against the loopback gRPC server."""
+"""`python -m taskclient` end to end, against the emulator on loopback gRPC."""
 
 from __future__ import annotations
 
@@ -13,25 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cloud_tasks_server import CloudTasksServer, FakeCloudTasks
+from emulator_support import LoopbackEmulator, stack_queues
 
+from contract.outputs import OUTPUTS_ENV, StackOutputs
 from harness import run_stack
 from localcloud.program import PROJECT_DIR
 from taskclient.cli import main
 from taskclient.connection import EMULATOR_ENV
 from taskclient.publisher import task_id_for
-from taskclient.stack_outputs import OUTPUTS_ENV, StackOutputs
 
-OUTPUTS = dict(run_stack("dev").outputs)
+RUN = run_stack("dev")
+OUTPUTS = dict(RUN.outputs)
 STACK = StackOutputs.from_mapping(OUTPUTS)
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudTasksServer]:
-    state = FakeCloudTasks()
-    for queue in STACK.queues.values():
-        state.add_queue(queue.path)
-    with CloudTasksServer(state) as running:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackEmulator]:
+    with LoopbackEmulator(stack_queues(RUN)) as running:
         monkeypatch.setenv(EMULATOR_ENV, running.address)
         monkeypatch.delenv(OUTPUTS_ENV, raising=False)
         yield running
@@ -45,22 +43,22 @@ def outputs_file(tmp_path: Path) -> Path:
 
 
 def test_send_prints_the_created_tasks_name(
-    server: CloudTasksServer, outputs_file: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, outputs_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status = main(["send", "--outputs", str(outputs_file), "--json", '{"a": 1}', "--name", "t1", "--delay", "30s"])
     assert status == 0
     assert capsys.readouterr().out == f"{STACK.queues['default'].path}/tasks/t1\n"
-    (task,) = server.state.tasks
+    (task,) = server.tasks()
     assert task.http_request.body == b'{"a":1}'
 
 
-def test_send_options_reach_the_task(server: CloudTasksServer, outputs_file: Path, tmp_path: Path) -> None:
+def test_send_options_reach_the_task(server: LoopbackEmulator, outputs_file: Path, tmp_path: Path) -> None:
     data = tmp_path / "payload.bin"
     data.write_bytes(b"\x01\x02")
     options = ["--queue", "default", "--path", "/tasks/x", "--deadline", "2m", "--header", "X-Tenant: t1"]
     status = main(["send", "--outputs", str(outputs_file), "--data-file", str(data), *options, "--dedupe-key", "k"])
     assert status == 0
-    (task,) = server.state.tasks
+    (task,) = server.tasks()
     assert task.http_request.body == b"\x01\x02"
     assert task.http_request.url == STACK.service_url + "/tasks/x"
     assert task.http_request.headers["X-Tenant"] == "t1"
@@ -68,18 +66,18 @@ def test_send_options_reach_the_task(server: CloudTasksServer, outputs_file: Pat
     assert task.name.endswith("/tasks/" + task_id_for("k"))
 
 
-def test_outputs_are_read_from_stdin(server: CloudTasksServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_outputs_are_read_from_stdin(server: LoopbackEmulator, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["send", "--outputs", "-", "--json", "{}"], stdin=io.StringIO(json.dumps(OUTPUTS)))
     assert status == 0
     assert capsys.readouterr().out.startswith(STACK.queues["default"].path + "/tasks/")
 
 
 def test_outputs_are_read_from_the_environment(
-    server: CloudTasksServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv(OUTPUTS_ENV, json.dumps(OUTPUTS))
     assert main(["send", "--json", "{}"]) == 0
-    assert len(server.state.tasks) == 1
+    assert len(server.tasks()) == 1
 
 
 @pytest.mark.parametrize(
@@ -93,17 +91,17 @@ def test_outputs_are_read_from_the_environment(
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(
-    server: CloudTasksServer, outputs_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    server: LoopbackEmulator, outputs_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert main([*argv[:1], "--outputs", str(outputs_file), *argv[1:]]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message)
     assert "Traceback" not in err
-    assert server.state.create_calls == 0
+    assert server.faults.calls() == []
 
 
 def test_missing_outputs_say_where_to_get_them(
-    server: CloudTasksServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")  # no pulumi CLI to ask
     assert main(["send", "--json", "{}"]) == 2
@@ -111,7 +109,7 @@ def test_missing_outputs_say_where_to_get_them(
 
 
 def test_a_broken_outputs_file_is_reported(
-    server: CloudTasksServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     broken = tmp_path / "outputs.json"
     broken.write_text(json.dumps({**OUTPUTS, "invoker_email": None}))
@@ -125,7 +123,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def test_bulk_creates_every_line_and_reports_bad_lines(
-    server: CloudTasksServer, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = [json.dumps({"id": n}) for n in range(1000)]
     lines.insert(500, "{not json")
@@ -136,11 +134,11 @@ def test_bulk_creates_every_line_and_reports_bad_lines(
     assert captured.out.startswith("created 1000, duplicates 0, failed 1, ")
     assert captured.out.rstrip().endswith(" tasks/s")
     assert "line 501: not a task:" in captured.err
-    assert len(server.state.tasks) == 1000
+    assert len(server.tasks()) == 1000
 
 
 def test_bulk_rerun_with_a_dedupe_field_creates_nothing_twice(
-    server: CloudTasksServer, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tasks = write_lines(tmp_path / "tasks.jsonl", [json.dumps({"id": n, "x": "y"}) for n in range(50)])
     argv = ["bulk", "--outputs", str(outputs_file), "--file", str(tasks), "--queue", "emails", "--dedupe-field", "id"]
@@ -149,11 +147,11 @@ def test_bulk_rerun_with_a_dedupe_field_creates_nothing_twice(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("created 50, duplicates 0, failed 0")
     assert out[1].startswith("created 0, duplicates 50, failed 0")
-    assert len(server.state.tasks) == 50
+    assert len(server.tasks()) == 50
 
 
 def test_bulk_lines_without_the_dedupe_field_fail_alone(
-    server: CloudTasksServer, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: LoopbackEmulator, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tasks = write_lines(tmp_path / "tasks.jsonl", ['{"id": 1}', '{"other": 2}', "[3]"])
     assert main(["bulk", "--outputs", str(outputs_file), "--file", str(tasks), "--dedupe-field", "id"]) == 1
@@ -166,23 +164,23 @@ def module_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "taskclient", *args]
 
 
-def module_env(server: CloudTasksServer) -> dict[str, str]:
+def module_env(server: LoopbackEmulator) -> dict[str, str]:
     return {**os.environ, EMULATOR_ENV: server.address, "PYTHONPATH": str(PROJECT_DIR)}
 
 
-def run_module(args: list[str], server: CloudTasksServer, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_module(args: list[str], server: LoopbackEmulator, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         module_command(args), env=module_env(server), input=stdin, text=True, capture_output=True, timeout=60
     )
 
 
-def test_pulumi_outputs_piped_into_the_module(server: CloudTasksServer) -> None:
+def test_pulumi_outputs_piped_into_the_module(server: LoopbackEmulator) -> None:
     done = run_module(["send", "--outputs", "-", "--json", '{"hello": "world"}'], server, stdin=json.dumps(OUTPUTS))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == server.state.tasks[0].name
+    assert [done.stdout.strip()] == [task.name for task in server.tasks()]
 
 
-def test_bulk_shows_a_progress_bar_on_a_terminal_only(server: CloudTasksServer, tmp_path: Path) -> None:
+def test_bulk_shows_a_progress_bar_on_a_terminal_only(server: LoopbackEmulator, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(OUTPUTS))
     tasks = write_lines(tmp_path / "tasks.jsonl", [json.dumps({"n": n}) for n in range(20)])

@@ -10,7 +10,7 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
-from taskclient.stack_outputs import OUTPUTS_ENV, StackOutputs
+from contract.outputs import OUTPUTS_ENV, StackOutputs
 
 config = pulumi.Config()
 tasks_stack = pulumi.StackReference(config.require("tasksStack"))

@@ -20,30 +20,18 @@ from typing import Any
 
 from google.cloud import tasks_v2
 
+from contract import cloud_tasks as limits
+from contract.retry import RetryPolicy
 from localcloud.emulator.errors import invalid_argument
-from localcloud.emulator.retry import RetryPolicy
 from localcloud.emulator.routing import TargetOverride, parse_http_target
 
 __all__ = [
-    "DEFAULT_CONCURRENT",
-    "DEFAULT_RATE",
-    "MAX_BURST",
     "QueueSettings",
     "apply_update_mask",
     "burst_size",
     "normalize_queue",
     "retry_policy",
 ]
-
-DEFAULT_RATE = 500.0
-MAX_RATE = 500.0  # "The maximum allowed value is 500."
-DEFAULT_CONCURRENT = 1000
-MAX_CONCURRENT = 5000  # "The maximum allowed value is 5,000."
-MAX_BURST = 100  # what Cloud Tasks reports for a queue at the default (and maximum) rate of 500/s
-DEFAULT_MAX_ATTEMPTS = 100
-DEFAULT_MIN_BACKOFF = 0.1
-DEFAULT_MAX_BACKOFF = 3600.0
-DEFAULT_MAX_DOUBLINGS = 16
 
 # Queue fields UpdateQueue may change; name is the key and state/purge_time are output only.
 _MUTABLE_FIELDS = (
@@ -73,7 +61,7 @@ def burst_size(rate: float) -> int:
     Cloud Tasks documents the burst as "generally at least equal to max_dispatches_per_second" yet reports 100
     for the default 500/s; ceil(rate) capped at 100 honours both observations.
     """
-    return max(1, min(MAX_BURST, math.ceil(rate)))
+    return max(1, min(limits.MAX_BURST_SIZE, math.ceil(rate)))
 
 
 def _seconds(duration: Any) -> float:
@@ -86,18 +74,19 @@ def _set_seconds(duration: Any, value: float) -> None:
 
 def _normalize_rate_limits(rate_limits: Any) -> tuple[float, int]:
     rate = rate_limits.max_dispatches_per_second
-    if math.isnan(rate) or rate < 0 or rate > MAX_RATE:
+    if math.isnan(rate) or rate < 0 or rate > limits.MAX_DISPATCHES_PER_SECOND:
         raise invalid_argument(
-            f"rate_limits.max_dispatches_per_second: {rate} is outside (0, {MAX_RATE:g}] (0 or unset: the default)"
+            f"rate_limits.max_dispatches_per_second: {rate} is outside (0, {limits.MAX_DISPATCHES_PER_SECOND:g}]"
+            " (0 or unset: the default)"
         )
     concurrent = rate_limits.max_concurrent_dispatches
-    if not 0 <= concurrent <= MAX_CONCURRENT:
+    if not 0 <= concurrent <= limits.MAX_CONCURRENT_DISPATCHES:
         raise invalid_argument(
-            f"rate_limits.max_concurrent_dispatches: {concurrent} is outside 1..{MAX_CONCURRENT} "
+            f"rate_limits.max_concurrent_dispatches: {concurrent} is outside 1..{limits.MAX_CONCURRENT_DISPATCHES} "
             "(0 or unset: the default)"
         )
-    rate = rate or DEFAULT_RATE
-    concurrent = concurrent or DEFAULT_CONCURRENT
+    rate = rate or limits.DEFAULT_DISPATCHES_PER_SECOND
+    concurrent = concurrent or limits.DEFAULT_CONCURRENT_DISPATCHES
     rate_limits.max_dispatches_per_second = rate
     rate_limits.max_concurrent_dispatches = concurrent
     rate_limits.max_burst_size = burst_size(rate)
@@ -111,18 +100,18 @@ def _check_duration(retry: Any, name: str, field: str) -> None:
 
 def normalize_retry_config(retry: Any, field: str = "retry_config") -> RetryPolicy:
     """Validate a RetryConfig (raw pb, modified in place to hold the defaults) and return its policy."""
-    if retry.max_attempts < -1:
+    if retry.max_attempts < limits.UNLIMITED_ATTEMPTS:
         raise invalid_argument(f"{field}.max_attempts must be >= -1 (-1: unlimited), got {retry.max_attempts}")
     if retry.max_doublings < 0:
         raise invalid_argument(f"{field}.max_doublings must not be negative, got {retry.max_doublings}")
     for name in ("max_retry_duration", "min_backoff", "max_backoff"):
         _check_duration(retry, name, field)
-    retry.max_attempts = retry.max_attempts or DEFAULT_MAX_ATTEMPTS
-    retry.max_doublings = retry.max_doublings or DEFAULT_MAX_DOUBLINGS
+    retry.max_attempts = retry.max_attempts or limits.DEFAULT_MAX_ATTEMPTS
+    retry.max_doublings = retry.max_doublings or limits.DEFAULT_MAX_DOUBLINGS
     if not retry.HasField("min_backoff"):
-        _set_seconds(retry.min_backoff, DEFAULT_MIN_BACKOFF)
+        _set_seconds(retry.min_backoff, limits.DEFAULT_MIN_BACKOFF_S)
     if not retry.HasField("max_backoff"):
-        _set_seconds(retry.max_backoff, DEFAULT_MAX_BACKOFF)
+        _set_seconds(retry.max_backoff, limits.DEFAULT_MAX_BACKOFF_S)
     policy = retry_policy(retry)
     if policy.min_backoff > policy.max_backoff:
         raise invalid_argument(

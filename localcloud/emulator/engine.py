@@ -23,21 +23,18 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from contract import cloud_tasks as limits
+from contract.retry import backoff_delay, retry_allowed
 from localcloud.emulator.clock import epoch_micros
 from localcloud.emulator.config import QueueSettings
 from localcloud.emulator.names import short_id
-from localcloud.emulator.retry import TASK_RETENTION_SECONDS, backoff_delay, retry_allowed
 from localcloud.emulator.routing import OAuthAuth, OidcAuth, OutgoingRequest, route
 from localcloud.emulator.state import AttemptLog, EmulatorState, QueueRecord, TaskRecord
 
-__all__ = ["USER_AGENT", "Attempt", "DispatchEngine", "TokenMinter", "cloud_tasks_headers"]
+__all__ = ["Attempt", "DispatchEngine", "TokenMinter", "cloud_tasks_headers"]
 
 _LOG = logging.getLogger(__name__)
 
-USER_AGENT = "Google-Cloud-Tasks"
-# Headers a task cannot set: Cloud Tasks computes or replaces them (target.py HttpRequest.headers).
-_RESERVED_PREFIXES = ("x-cloudtasks-", "x-google-", "x-appengine-")
-_RESERVED_NAMES = frozenset({"user-agent", "host", "content-length"})
 OAUTH_PLACEHOLDER = "local-emulator-oauth-access-token"
 
 
@@ -77,18 +74,18 @@ def cloud_tasks_headers(request: OutgoingRequest, queue: QueueRecord, record: Ta
     headers = {
         key: value
         for key, value in request.headers.items()
-        if key.lower() not in _RESERVED_NAMES and not key.lower().startswith(_RESERVED_PREFIXES)
+        if key.lower() not in limits.RESERVED_HEADERS and not key.lower().startswith(limits.RESERVED_HEADER_PREFIXES)
     }
-    headers["User-Agent"] = USER_AGENT
-    headers["X-CloudTasks-QueueName"] = short_id(queue.name)
-    headers["X-CloudTasks-TaskName"] = short_id(record.name)
-    headers["X-CloudTasks-TaskRetryCount"] = str(record.dispatch_count)
-    headers["X-CloudTasks-TaskExecutionCount"] = str(record.execution_count)
+    headers["User-Agent"] = limits.USER_AGENT
+    headers[limits.HEADER_QUEUE_NAME] = short_id(queue.name)
+    headers[limits.HEADER_TASK_NAME] = short_id(record.name)
+    headers[limits.HEADER_RETRY_COUNT] = str(record.dispatch_count)
+    headers[limits.HEADER_EXECUTION_COUNT] = str(record.execution_count)
     eta = epoch_micros(record.schedule)  # the same microseconds as the task's schedule_time
-    headers["X-CloudTasks-TaskETA"] = f"{eta // 1_000_000}.{eta % 1_000_000:06d}"
+    headers[limits.HEADER_ETA] = f"{eta // 1_000_000}.{eta % 1_000_000:06d}"
     if record.dispatch_count > 0:
-        headers["X-CloudTasks-TaskPreviousResponse"] = str(record.previous_response or 0)
-        headers["X-CloudTasks-TaskRetryReason"] = ""
+        headers[limits.HEADER_PREVIOUS_RESPONSE] = str(record.previous_response or 0)
+        headers[limits.HEADER_RETRY_REASON] = ""
     if isinstance(request.auth, OAuthAuth):
         _replace_header(headers, "Authorization", f"Bearer {OAUTH_PLACEHOLDER}")
     return headers
@@ -195,7 +192,7 @@ class DispatchEngine:
                 break
             heapq.heappop(queue.heap)
             record = head[1]
-            if now - record.created >= TASK_RETENTION_SECONDS:
+            if now - record.created >= limits.TASK_RETENTION_S:
                 self._state.drop_task(queue, record, now)  # "After a task is 31 days old, the task will be deleted"
                 continue
             queue.tat = max(queue.tat, now) + 1.0 / queue.settings.rate

@@ -23,6 +23,7 @@ from typing import Any
 
 from google.cloud import tasks_v2
 
+from contract import cloud_tasks as limits
 from localcloud.emulator.errors import invalid_argument
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
     "route",
 ]
 
-MAX_URL_LENGTH = 2083
-MAX_HEADERS_BYTES = 80 * 1024
 DEFAULT_OAUTH_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 _METHODS = {1: "POST", 2: "GET", 3: "HEAD", 4: "PUT", 5: "DELETE", 6: "PATCH", 7: "OPTIONS"}  # HttpMethod values
@@ -132,7 +131,7 @@ def _check_headers(pairs: list[tuple[str, str]], field: str) -> tuple[tuple[str,
         if "\r" in value or "\n" in value:
             raise invalid_argument(f"{field}: header {key!r} has a line break in its value")
         size += len(key.encode()) + len(value.encode())
-    if size >= MAX_HEADERS_BYTES:
+    if size >= limits.MAX_HEADERS_BYTES:
         raise invalid_argument(f"{field}: headers take {size} bytes; they must be less than 80KB")
     return tuple(pairs)
 
@@ -140,8 +139,8 @@ def _check_headers(pairs: list[tuple[str, str]], field: str) -> tuple[tuple[str,
 def _check_url(url: str, field: str) -> None:
     if not url.lower().startswith(("http://", "https://")):
         raise invalid_argument(f'{field} "{url[:120]}" must begin with "http://" or "https://"')
-    if len(url) > MAX_URL_LENGTH:
-        raise invalid_argument(f"{field} is {len(url)} characters long; the maximum is {MAX_URL_LENGTH}")
+    if len(url) > limits.MAX_URL_LENGTH:
+        raise invalid_argument(f"{field} is {len(url)} characters long; the maximum is {limits.MAX_URL_LENGTH}")
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port

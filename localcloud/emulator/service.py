@@ -13,8 +13,10 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from contract.cloud_tasks import QUEUE_REUSE_BLOCKED_S
 from localcloud.emulator.clock import Clock
 from localcloud.emulator.core import CloudTasksCore
+from localcloud.emulator.faults import FaultInjector
 from localcloud.emulator.realtime import AsyncDispatcher
 from localcloud.emulator.server import EmulatorServer
 
@@ -34,9 +36,10 @@ class CloudTasksEmulator:
         port: int = 0,
         http_port: int | None = None,
         task_tombstone_ttl: float = 3600.0,
-        queue_tombstone_ttl: float = 7 * 24 * 3600.0,
+        queue_tombstone_ttl: float = QUEUE_REUSE_BLOCKED_S,
         strict_deadlines: bool = True,
         clock: Clock | None = None,
+        workers: int = 16,
     ) -> None:
         from localcloud.emulator.oidc import TokenIssuer  # signing keys: only built when an emulator is
 
@@ -48,7 +51,7 @@ class CloudTasksEmulator:
             queue_tombstone_ttl=queue_tombstone_ttl,
             strict_deadlines=strict_deadlines,
         )
-        self.server = EmulatorServer(self.core, host=host, port=port)
+        self.server = EmulatorServer(self.core, host=host, port=port, workers=workers)
         self.dispatcher = AsyncDispatcher(self.core)
         self._host = host
         self._http_port = http_port
@@ -57,6 +60,11 @@ class CloudTasksEmulator:
     @property
     def address(self) -> str:
         return self.server.address
+
+    @property
+    def faults(self) -> FaultInjector:
+        """The gRPC server's fault injector (failures, latency, recorded calls)."""
+        return self.server.faults
 
     @property
     def oidc_url(self) -> str | None:

@@ -12,18 +12,13 @@ from dataclasses import dataclass
 import grpc
 from google.cloud import tasks_v2
 
+from contract import cloud_tasks as limits
+from contract.retry import RetryPolicy
 from localcloud.emulator.config import normalize_retry_config
 from localcloud.emulator.errors import CloudTasksError, invalid_argument
-from localcloud.emulator.retry import RetryPolicy
 from localcloud.emulator.routing import TaskRequest, parse_task_request
 
-__all__ = ["DEFAULT_DISPATCH_DEADLINE", "TaskSpec", "parse_task"]
-
-DEFAULT_DISPATCH_DEADLINE = 600.0
-MIN_DISPATCH_DEADLINE = 15.0
-MAX_DISPATCH_DEADLINE = 1800.0
-MAX_SCHEDULE_AHEAD = 30 * 24 * 3600.0
-MAX_TASK_BYTES = 1024 * 1024
+__all__ = ["TaskSpec", "parse_task"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +34,14 @@ class TaskSpec:
 def _dispatch_deadline(task: tasks_v2.Task, strict: bool) -> float:
     pb = tasks_v2.Task.pb(task)
     if not pb.HasField("dispatch_deadline"):
-        return DEFAULT_DISPATCH_DEADLINE
+        return limits.DEFAULT_DISPATCH_DEADLINE_S
     seconds = float(pb.dispatch_deadline.ToMilliseconds() / 1000.0)
     if seconds == 0:  # a zero Duration is how most clients say "unset"
-        return DEFAULT_DISPATCH_DEADLINE
-    low = MIN_DISPATCH_DEADLINE if strict else 0.001
-    if not low <= seconds <= MAX_DISPATCH_DEADLINE:
+        return limits.DEFAULT_DISPATCH_DEADLINE_S
+    low = limits.MIN_DISPATCH_DEADLINE_S if strict else 0.001
+    if not low <= seconds <= limits.MAX_DISPATCH_DEADLINE_S:
         raise invalid_argument(
-            f"dispatch_deadline must be between {low:g} seconds and {MAX_DISPATCH_DEADLINE / 60:g} minutes "
+            f"dispatch_deadline must be between {low:g} seconds and {limits.MAX_DISPATCH_DEADLINE_S / 60:g} minutes "
             f"for HTTP tasks, got {seconds:g} seconds"
         )
     return seconds
@@ -63,7 +58,7 @@ def _schedule(task: tasks_v2.Task, now: float) -> float:
             f"Task.schedule_time is not a valid timestamp (seconds {stamp.seconds}, nanos {stamp.nanos})"
         )
     requested = float(stamp.ToMicroseconds() / 1e6)
-    if requested - now > MAX_SCHEDULE_AHEAD:
+    if requested - now > limits.MAX_SCHEDULE_AHEAD_S:
         raise invalid_argument("The Task.scheduleTime must not be more than 720h (30 days) in the future")
     return max(requested, now)
 
@@ -78,8 +73,10 @@ def parse_task(task: tasks_v2.Task, *, now: float, url_optional: bool, strict_de
     if not pb.HasField("http_request"):
         raise invalid_argument("Task.http_request is required")
     size = pb.ByteSize()
-    if size > MAX_TASK_BYTES:
-        raise invalid_argument(f"Task size too large: {size} bytes; the maximum task size is {MAX_TASK_BYTES} bytes")
+    if size > limits.MAX_TASK_BYTES:
+        raise invalid_argument(
+            f"Task size too large: {size} bytes; the maximum task size is {limits.MAX_TASK_BYTES} bytes"
+        )
     request = parse_task_request(task.http_request, url_optional=url_optional)
     retry = normalize_retry_config(pb.retry_config, "Task.retry_config") if pb.HasField("retry_config") else None
     return TaskSpec(request, _dispatch_deadline(task, strict_deadlines), retry, _schedule(task, now))

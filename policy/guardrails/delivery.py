@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 
 from pulumi_policy import PolicyResource, ReportViolation, StackValidationArgs
 
+from contract.cloud_run import DEFAULT_REQUEST_TIMEOUT_S
+from contract.handler_env import QUEUES as TASKS_QUEUES_ENV
+from contract.handler_env import QueueTableField
 from guardrails import tokens
 from guardrails.iam import RUN_INVOKER, SERVICE_ACCOUNT_PREFIX, Grant, is_service_account
 from guardrails.properties import (
@@ -37,10 +40,6 @@ from guardrails.properties import (
     show,
 )
 
-# The handler's queue table (handler/environment.py QUEUES): queue id -> {key, maxAttempts, dispatchDeadlineSeconds}.
-TASKS_QUEUES_ENV = "TASKS_QUEUES"
-# Cloud Run's request timeout when template.timeout is unset (cloud-tasks.md 4).
-DEFAULT_RUN_TIMEOUT_SECONDS = 300.0
 SERVICES = tokens.token_set([tokens.RUN_SERVICE])
 SERVICE_IAM_MEMBERS = tokens.token_set([tokens.RUN_SERVICE_IAM_MEMBER])
 
@@ -186,7 +185,7 @@ def _deadline_seconds(table: dict[str, Any], queue: PolicyResource) -> float | N
     """The queue's dispatch deadline from its entry in the table (keyed by queue id), if it has one."""
     queue_id = read(queue.props, "name")
     entry = table.get(queue_id) if isinstance(queue_id, str) else None
-    deadline: Any = entry.get("dispatchDeadlineSeconds") if isinstance(entry, dict) else None
+    deadline: Any = entry.get(QueueTableField.DISPATCH_DEADLINE_SECONDS) if isinstance(entry, dict) else None
     return float(deadline) if is_number(deadline) else None
 
 
@@ -207,8 +206,8 @@ def _queue_table(service: PolicyResource, report_violation: ReportViolation) -> 
                 return table
             report_violation(
                 f"{_describe(service)}: env {TASKS_QUEUES_ENV} is not a JSON object, so neither the handler nor "
-                f"the pack can read the queues' deadlines. Fix: set it to {{queue id: {{dispatchDeadlineSeconds, "
-                "...}}} as the CloudRunTasks component does.",
+                "the pack can read the queues' deadlines. Fix: set it to {queue id: "
+                f"{{{QueueTableField.DISPATCH_DEADLINE_SECONDS}, ...}}}} as the CloudRunTasks component does.",
                 service.urn,
             )
             return None
@@ -218,7 +217,7 @@ def _queue_table(service: PolicyResource, report_violation: ReportViolation) -> 
 def _timeout_seconds(service: PolicyResource, report_violation: ReportViolation) -> float | None:
     timeout = read(service.props, "template.timeout")
     if timeout is MISSING:
-        return DEFAULT_RUN_TIMEOUT_SECONDS
+        return DEFAULT_REQUEST_TIMEOUT_S
     if timeout is UNKNOWN:
         return None
     try:

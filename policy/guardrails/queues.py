@@ -7,6 +7,7 @@ from typing import Any
 
 from pulumi_policy import ReportViolation, ResourceValidationArgs
 
+from contract import cloud_tasks
 from guardrails import tokens
 from guardrails.properties import (
     MISSING,
@@ -20,9 +21,8 @@ from guardrails.properties import (
     show,
 )
 
-# Cloud Tasks limits (cloud-tasks.md 1.1, 1.2: google-cloud-tasks 2.26 queue.proto).
-MAX_DISPATCHES_PER_SECOND = 500
-MAX_CONCURRENT_DISPATCHES = 5000
+MAX_DISPATCHES_PER_SECOND = cloud_tasks.MAX_DISPATCHES_PER_SECOND
+MAX_CONCURRENT_DISPATCHES = cloud_tasks.MAX_CONCURRENT_DISPATCHES
 RETRY_DURATIONS = ("maxRetryDuration", "minBackoff", "maxBackoff")
 
 Problem = tuple[str, str]  # (what is wrong, with the path and the value; how to fix it)
@@ -37,9 +37,10 @@ def _rate_problems(props: Mapping[str, Any]) -> Iterator[Problem]:
     rate = read(props, "rateLimits.maxDispatchesPerSecond")
     if not isinstance(rate, Absent) and not (is_number(rate) and 0 < rate <= MAX_DISPATCHES_PER_SECOND):
         yield (
-            f"rateLimits.maxDispatchesPerSecond: {show(rate)} is outside (0, {MAX_DISPATCHES_PER_SECOND}], "
+            f"rateLimits.maxDispatchesPerSecond: {show(rate)} is outside (0, {show(MAX_DISPATCHES_PER_SECOND)}], "
             "the Cloud Tasks limit per queue",
-            "use a rate above 0 and at most 500, and spread more load over several queues",
+            f"use a rate above 0 and at most {show(MAX_DISPATCHES_PER_SECOND)}, and spread more load over several"
+            " queues",
         )
     concurrency = read(props, "rateLimits.maxConcurrentDispatches")
     if not isinstance(concurrency, Absent) and not (
@@ -48,7 +49,7 @@ def _rate_problems(props: Mapping[str, Any]) -> Iterator[Problem]:
         yield (
             f"rateLimits.maxConcurrentDispatches: {show(concurrency)} is not a whole number from 1 to "
             f"{MAX_CONCURRENT_DISPATCHES}",
-            "use 1-5000, at most what the service absorbs (max instances x concurrency)",
+            f"use 1-{MAX_CONCURRENT_DISPATCHES}, at most what the service absorbs (max instances x concurrency)",
         )
     if read(props, "rateLimits") is not UNKNOWN and read(props, "rateLimits.maxBurstSize") is not MISSING:
         # Set at all is the problem, whatever its value, even an unknown one (not a whole unknown rateLimits).

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from contract.outputs import OutputName, QueueField, StackOutputs, StackOutputsError
 from harness import run_stack
-from taskclient.stack_outputs import OutputName, QueueField, StackOutputs, StackOutputsError
 
 DEV = dict(run_stack("dev").outputs)
 

@@ -1,0 +1,105 @@
+"""The handler's environment: the variables the stack sets and the handler reads, and the JSON they carry.
+
+The CloudRunTasks component writes them, the handler reads them, local mode sets the ones Cloud Run's own
+checks stand for, and the policy pack reads the queue table to check deadlines against the request timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+# JSON object: physical queue id (what the X-CloudTasks-QueueName header carries) -> a `QueueEntry`.
+# The handler reads maxAttempts to know the final attempt (dead-letter instead of failing); the deadline
+# is there so the service's configuration shows, and a policy can check, that it fits the request timeout.
+QUEUES: Final = "TASKS_QUEUES"
+# Comma-separated emails whose OIDC tokens the handler accepts when it verifies tokens itself.
+INVOKER_EMAILS: Final = "TASKS_INVOKER_EMAILS"
+# "true" to verify OIDC tokens in the container (platforms that do not, e.g. Cloud Run for Anthos).
+VERIFY_OIDC: Final = "TASKS_VERIFY_OIDC"
+# The audience tokens must carry. Unset: the URL the request came to (scheme and host).
+OIDC_AUDIENCE: Final = "TASKS_OIDC_AUDIENCE"
+# Where the token signing certs are served ({kid: PEM}); Google's by default, the emulator's locally.
+OIDC_CERTS_URL: Final = "TASKS_OIDC_CERTS_URL"
+# Project id, for the trace field of log entries (Cloud Logging links them to the request's trace).
+PROJECT: Final = "GOOGLE_CLOUD_PROJECT"
+# Cloud Run sets PORT (and the K_* names) itself.
+PORT: Final = "PORT"
+CLOUD_RUN_SET: Final = (PORT, "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
+# What the stack sets: never taken from a user's `service.env`.
+STACK_SET: Final = (QUEUES, INVOKER_EMAILS, PROJECT)
+
+GOOGLE_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+class QueueTableField:
+    """Keys of each entry in the TASKS_QUEUES table."""
+
+    KEY: Final = "key"
+    MAX_ATTEMPTS: Final = "maxAttempts"
+    DISPATCH_DEADLINE_SECONDS: Final = "dispatchDeadlineSeconds"
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One queue as the handler knows it."""
+
+    key: str  # the queue's key in the stack config
+    max_attempts: int  # -1: unlimited
+    dispatch_deadline_seconds: float | None = None  # None: not given (the handler does not need it)
+
+
+class QueueTableError(ValueError):
+    """TASKS_QUEUES does not hold the table the stack writes; the message names the variable."""
+
+
+def encode_queue_table(entries: Mapping[str, QueueEntry]) -> str:
+    """The TASKS_QUEUES value for physical queue id -> entry."""
+    return json.dumps(
+        {
+            queue_id: {
+                QueueTableField.KEY: entry.key,
+                QueueTableField.MAX_ATTEMPTS: entry.max_attempts,
+                **(
+                    {QueueTableField.DISPATCH_DEADLINE_SECONDS: entry.dispatch_deadline_seconds}
+                    if entry.dispatch_deadline_seconds is not None
+                    else {}
+                ),
+            }
+            for queue_id, entry in entries.items()
+        },
+        sort_keys=True,
+    )
+
+
+def decode_queue_table(text: str) -> dict[str, QueueEntry]:
+    """The table in a TASKS_QUEUES value, or QueueTableError naming the variable and the expected shape."""
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+        return {str(queue_id): _entry(entry) for queue_id, entry in raw.items()}
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        raise QueueTableError(
+            f'{QUEUES}: expected {{"<queue id>": {{"{QueueTableField.KEY}": str, "{QueueTableField.MAX_ATTEMPTS}": int,'
+            f' "{QueueTableField.DISPATCH_DEADLINE_SECONDS}": number}}}}, got {text[:200]!r} ({err})'
+        ) from None
+
+
+def _entry(raw: Any) -> QueueEntry:
+    if not isinstance(raw, dict):
+        raise TypeError(f"an entry is a JSON {type(raw).__name__}, not an object")
+    attempts, deadline = raw[QueueTableField.MAX_ATTEMPTS], raw.get(QueueTableField.DISPATCH_DEADLINE_SECONDS)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < -1:
+        raise ValueError(f"{QueueTableField.MAX_ATTEMPTS} {attempts!r} is not a whole number of at least -1")
+    if deadline is not None and not is_seconds(deadline):
+        raise ValueError(f"{QueueTableField.DISPATCH_DEADLINE_SECONDS} {deadline!r} is not a positive number")
+    return QueueEntry(key=str(raw[QueueTableField.KEY]), max_attempts=attempts, dispatch_deadline_seconds=deadline)
+
+
+def is_seconds(value: Any) -> bool:
+    """A positive, finite JSON number (not a boolean)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
