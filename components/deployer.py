@@ -5,14 +5,12 @@ one repository only, the deployer service account that repository may impersonat
 roles `pulumi up` of cloudrun-tasks needs (README, "Prerequisites"). The `deployer/` program runs it
 once per Google Cloud project, as an admin; the workflow then reads the two exported values.
 
-`load_deployer_args` is that program's config reader, with the same manners as components/settings.py:
-every problem at once, each naming its config key, the bad value and the rule. It is pure Python.
+Its config is read by `components.settings.load_deployer_settings`; `DeployerIdentityArgs.of` turns
+those settings into the component's args.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -21,14 +19,12 @@ import pulumi_gcp as gcp
 from components.apis import IAM_API, ProjectApis, ProjectApisArgs
 from components.options import child_options
 from components.settings import (
-    PROJECT_ID_PATTERN,
-    SERVICE_ACCOUNT_ID_PATTERN,
-    SERVICE_ACCOUNT_ID_RULE,
-    SettingsError,
-    shown_key,
+    DEFAULT_DEPLOY_ACCOUNT_ID,
+    DEFAULT_DEPLOY_BRANCH,
+    DEFAULT_POOL_ID,
+    DEFAULT_PROVIDER_ID,
+    DeployerSettings,
 )
-
-DEPLOYER_NAMESPACE = "cloudrun-tasks-deployer"
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
@@ -71,11 +67,6 @@ ATTRIBUTE_MAPPING = {
     "attribute.workflow_ref": "assertion.workflow_ref",
 }
 
-DEFAULT_POOL_ID = "github"
-DEFAULT_PROVIDER_ID = "github"
-DEFAULT_ACCOUNT_ID = "pulumi-deployer"
-DEFAULT_DEPLOY_BRANCH = "main"
-
 
 @dataclass(frozen=True)
 class DeployerIdentityArgs:
@@ -84,12 +75,23 @@ class DeployerIdentityArgs:
     repository: str
     pool_id: str = DEFAULT_POOL_ID
     provider_id: str = DEFAULT_PROVIDER_ID
-    account_id: str = DEFAULT_ACCOUNT_ID
+    account_id: str = DEFAULT_DEPLOY_ACCOUNT_ID
     # Tokens are accepted from pushes to this branch and from pull requests, nothing else (a workflow
     # pushed to another branch gets none). Fork pull requests get no token from GitHub at all.
     deploy_branch: str = DEFAULT_DEPLOY_BRANCH
     roles: tuple[str, ...] = DEPLOYER_ROLES
     apis: tuple[str, ...] = FEDERATION_APIS
+
+    @classmethod
+    def of(cls, settings: DeployerSettings) -> DeployerIdentityArgs:
+        return cls(
+            project=settings.project,
+            repository=settings.repository,
+            pool_id=settings.pool_id,
+            provider_id=settings.provider_id,
+            account_id=settings.account_id,
+            deploy_branch=settings.deploy_branch,
+        )
 
 
 def attribute_condition(repository: str, deploy_branch: str) -> str:
@@ -183,78 +185,3 @@ class DeployerIdentity(pulumi.ComponentResource):
 def _after_all(value: pulumi.Input[str], resources: list[pulumi.CustomResource]) -> pulumi.Output[str]:
     """`value`, resolved only once every one of `resources` exists."""
     return pulumi.Output.all(value, *(r.id for r in resources)).apply(lambda values: values[0])
-
-
-# --- config --------------------------------------------------------------------------------------
-
-DEPLOYER_KEYS = ("repository", "deployBranch", "poolId", "providerId", "serviceAccountId")
-
-_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
-_REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
-_IDENTITY_ID = re.compile(r"[a-z0-9-]{4,32}")
-_BRANCH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-
-REPOSITORY_RULE = (
-    "is not a GitHub repository in owner/repo form (owner: 1-39 letters, digits and single inner"
-    " hyphens; repo: 1-100 letters, digits, '.', '_', '-')"
-)
-IDENTITY_ID_RULE = "must be 4-32 lowercase letters, digits and hyphens, not starting with 'gcp-' (reserved by Google)"
-BRANCH_RULE = "is not a branch name (letters, digits, '.', '_', '-', and '/' between parts; no '..')"
-
-
-def repository_problem(value: str) -> str | None:
-    owner, slash, repo = value.partition("/")
-    valid = slash and _OWNER.fullmatch(owner) and _REPO_NAME.fullmatch(repo) and repo not in (".", "..")
-    return None if valid else f"{value!r} {REPOSITORY_RULE}"
-
-
-def identity_id_problem(value: str) -> str | None:
-    """A Workload Identity pool or provider id."""
-    valid = _IDENTITY_ID.fullmatch(value) and not value.startswith("gcp-")
-    return None if valid else f"{value!r} {IDENTITY_ID_RULE}"
-
-
-def service_account_id_problem(value: str) -> str | None:
-    return None if SERVICE_ACCOUNT_ID_PATTERN.fullmatch(value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
-
-
-def branch_problem(value: str) -> str | None:
-    valid = all(_BRANCH_PART.fullmatch(part) for part in value.split("/")) and ".." not in value
-    return None if valid else f"{value!r} {BRANCH_RULE}"
-
-
-def load_deployer_args(config: Mapping[str, str]) -> DeployerIdentityArgs:
-    """Args from the raw config map the CLI passes (see settings.stack_config), or SettingsError."""
-    problems: list[str] = []
-    project = config.get("gcp:project", "")
-    if not project:
-        problems.append("gcp:project: missing; set it with `pulumi config set gcp:project <project-id>`")
-    elif not PROJECT_ID_PATTERN.fullmatch(project):
-        problems.append(f"gcp:project: {project!r} is not a Google Cloud project id")
-    values = {
-        key.partition(":")[2]: value for key, value in config.items() if key.partition(":")[0] == DEPLOYER_NAMESPACE
-    }
-    for unknown in sorted(set(values) - set(DEPLOYER_KEYS)):
-        problems.append(f"{shown_key(unknown)}: unknown key; allowed keys are {', '.join(DEPLOYER_KEYS)}")
-
-    def checked(key: str, default: str, problem: Callable[[str], str | None]) -> str:
-        value = values.get(key) or default
-        found = problem(value)
-        if found:
-            problems.append(f"{key}: {found}")
-        return value
-
-    repository = values.get("repository", "")
-    if not repository:
-        problems.append("repository: missing; set it with `pulumi config set repository <owner>/<repo>`")
-    args = DeployerIdentityArgs(
-        project=project,
-        repository=checked("repository", "", repository_problem) if repository else "",
-        deploy_branch=checked("deployBranch", DEFAULT_DEPLOY_BRANCH, branch_problem),
-        pool_id=checked("poolId", DEFAULT_POOL_ID, identity_id_problem),
-        provider_id=checked("providerId", DEFAULT_PROVIDER_ID, identity_id_problem),
-        account_id=checked("serviceAccountId", DEFAULT_ACCOUNT_ID, service_account_id_problem),
-    )
-    if problems:
-        raise SettingsError(problems)
-    return args

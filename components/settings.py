@@ -132,7 +132,6 @@ class Settings:
     name_prefix: str
     deletion_protection: bool
     invoker_service_account_id: str
-    enqueuers: tuple[str, ...]
     service: ServiceSettings
     queues: tuple[QueueSettings, ...]
     default_queue: str
@@ -388,7 +387,6 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
         name_prefix=prefix or "",
         deletion_protection=deletion_protection,
         invoker_service_account_id=invoker_id,
-        enqueuers=enqueuers,
         service=service,
         queues=tuple(queues),
         default_queue=default_queue,
@@ -672,6 +670,97 @@ def _capacity_warnings(queues: list[QueueSettings], capacity: int) -> list[str]:
         for q in queues
         if q.rate_limits.max_concurrent_dispatches > capacity
     ]
+
+
+# --- the deployer project's config (deployer/, run once per Google Cloud project) ------------------
+
+DEPLOYER_NAMESPACE = "cloudrun-tasks-deployer"
+DEFAULT_POOL_ID = "github"
+DEFAULT_PROVIDER_ID = "github"
+DEFAULT_DEPLOY_ACCOUNT_ID = "pulumi-deployer"
+DEFAULT_DEPLOY_BRANCH = "main"
+
+DEPLOYER_KEYS = ("repository", "deployBranch", "poolId", "providerId", "serviceAccountId")
+
+_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+_REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_IDENTITY_ID = re.compile(r"[a-z0-9-]{4,32}")
+_BRANCH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+REPOSITORY_RULE = (
+    "is not a GitHub repository in owner/repo form (owner: 1-39 letters, digits and single inner"
+    " hyphens; repo: 1-100 letters, digits, '.', '_', '-')"
+)
+IDENTITY_ID_RULE = "must be 4-32 lowercase letters, digits and hyphens, not starting with 'gcp-' (reserved by Google)"
+BRANCH_RULE = "is not a branch name (letters, digits, '.', '_', '-', and '/' between parts; no '..')"
+
+
+def repository_problem(value: str) -> str | None:
+    owner, slash, repo = value.partition("/")
+    valid = slash and _OWNER.fullmatch(owner) and _REPO_NAME.fullmatch(repo) and repo not in (".", "..")
+    return None if valid else f"{value!r} {REPOSITORY_RULE}"
+
+
+def identity_id_problem(value: str) -> str | None:
+    """A Workload Identity pool or provider id."""
+    valid = _IDENTITY_ID.fullmatch(value) and not value.startswith("gcp-")
+    return None if valid else f"{value!r} {IDENTITY_ID_RULE}"
+
+
+def service_account_id_problem(value: str) -> str | None:
+    return None if SERVICE_ACCOUNT_ID_PATTERN.fullmatch(value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
+
+
+def branch_problem(value: str) -> str | None:
+    valid = all(_BRANCH_PART.fullmatch(part) for part in value.split("/")) and ".." not in value
+    return None if valid else f"{value!r} {BRANCH_RULE}"
+
+
+@dataclass(frozen=True)
+class DeployerSettings:
+    project: str
+    repository: str  # "owner/repo", as GitHub spells it
+    deploy_branch: str
+    pool_id: str
+    provider_id: str
+    account_id: str
+
+
+def load_deployer_settings(config: Mapping[str, str]) -> DeployerSettings:
+    """The deployer project's settings from the raw config map the CLI passes, or SettingsError."""
+    problems: list[str] = []
+    project = config.get("gcp:project", "")
+    if not project:
+        problems.append("gcp:project: missing; set it with `pulumi config set gcp:project <project-id>`")
+    elif not PROJECT_ID_PATTERN.fullmatch(project):
+        problems.append(f"gcp:project: {project!r} is not a Google Cloud project id")
+    values = {
+        key.partition(":")[2]: value for key, value in config.items() if key.partition(":")[0] == DEPLOYER_NAMESPACE
+    }
+    for unknown in sorted(set(values) - set(DEPLOYER_KEYS)):
+        problems.append(f"{shown_key(unknown)}: unknown key; allowed keys are {', '.join(DEPLOYER_KEYS)}")
+
+    def checked(key: str, default: str, problem: Callable[[str], str | None]) -> str:
+        value = values.get(key) or default
+        found = problem(value)
+        if found:
+            problems.append(f"{key}: {found}")
+        return value
+
+    repository = values.get("repository", "")
+    if not repository:
+        problems.append("repository: missing; set it with `pulumi config set repository <owner>/<repo>`")
+    settings = DeployerSettings(
+        project=project,
+        repository=checked("repository", "", repository_problem) if repository else "",
+        deploy_branch=checked("deployBranch", DEFAULT_DEPLOY_BRANCH, branch_problem),
+        pool_id=checked("poolId", DEFAULT_POOL_ID, identity_id_problem),
+        provider_id=checked("providerId", DEFAULT_PROVIDER_ID, identity_id_problem),
+        account_id=checked("serviceAccountId", DEFAULT_DEPLOY_ACCOUNT_ID, service_account_id_problem),
+    )
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
 def stack_config() -> dict[str, str]:

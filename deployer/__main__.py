@@ -12,11 +12,11 @@ import pulumi
 # Pulumi puts only this directory on the import path; the components live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.deployer import DeployerIdentity, load_deployer_args
-from components.settings import SettingsError, stack_config
+from components.deployer import DeployerIdentity, DeployerIdentityArgs
+from components.settings import SettingsError, load_deployer_settings, stack_config
 
 try:
-    args = load_deployer_args(stack_config())
+    args = DeployerIdentityArgs.of(load_deployer_settings(stack_config()))
 except SettingsError as err:
     # A user error: show the problems, not a Python traceback, before any resource is registered.
     raise pulumi.RunError(str(err)) from None

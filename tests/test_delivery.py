@@ -22,12 +22,11 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from components.deployer import (
+from components.deployer import DEPLOYER_ROLES, GITHUB_ISSUER
+from components.settings import (
     DEFAULT_DEPLOY_BRANCH,
     DEPLOYER_KEYS,
     DEPLOYER_NAMESPACE,
-    DEPLOYER_ROLES,
-    GITHUB_ISSUER,
     branch_problem,
     repository_problem,
 )

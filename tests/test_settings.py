@@ -598,7 +598,7 @@ def test_baseline_loads_with_every_default() -> None:
     assert (s.project, s.location, s.name_prefix) == ("my-tasks-dev", "europe-west1", "tasks-dev")
     assert s.deletion_protection is True
     assert s.invoker_service_account_id == "tasks-dev-invoker"
-    assert s.enqueuers == ()
+    assert s.queue("default").enqueuers == ()
     assert s.default_queue == "default"
     assert s.warnings == ()
     assert s.service == ServiceSettings(
@@ -776,7 +776,6 @@ def test_enqueuers_are_the_union_of_top_level_and_queue_level() -> None:
     g = "group:team@example.com"
     u = "user:dev@example.com"
     s = load(config(enqueuers=[a, g, a], queues={"default": {"enqueuers": [u, g, u]}, "other": {}}))
-    assert s.enqueuers == (a, g)
     assert s.queue("default").enqueuers == (a, g, u)
     assert s.queue("other").enqueuers == (a, g)
 
@@ -790,7 +789,7 @@ def test_enqueuers_are_the_union_of_top_level_and_queue_level() -> None:
     ],
 )
 def test_non_email_member_types_are_accepted(member: str) -> None:
-    assert load(config(enqueuers=[member])).enqueuers == (member,)
+    assert load(config(enqueuers=[member])).queue("default").enqueuers == (member,)
 
 
 def test_fractional_rate_is_accepted() -> None:
@@ -914,7 +913,7 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.queues[0].retry.min_backoff.seconds = Decimal(1)  # type: ignore[misc]
     with pytest.raises(AttributeError, match="append"):
-        s.enqueuers.append("user:x@example.com")  # type: ignore[attr-defined]
+        s.queue("default").enqueuers.append("user:x@example.com")  # type: ignore[attr-defined]
 
 
 # --- properties ---------------------------------------------------------------------------------
