@@ -109,9 +109,15 @@ def _outputs(option: str | None, stdin: IO[str]) -> dict[str, Any]:
     raise UsageError(f"no stack outputs: pass --outputs FILE (or '-'), set {OUTPUTS_ENV}, or install the Pulumi CLI")
 
 
+def _stdin_bytes(stdin: IO[str]) -> bytes:
+    """Standard input as it came: its bytes, not text decoded and encoded again."""
+    buffer = getattr(stdin, "buffer", None)
+    return bytes(buffer.read()) if buffer is not None else stdin.read().encode()
+
+
 def _send(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) -> int:
     if args.data_file is not None:
-        payload: Any = sys.stdin.buffer.read() if args.data_file == "-" else _read_bytes(args.data_file)
+        payload: Any = _stdin_bytes(stdin) if args.data_file == "-" else _read_bytes(args.data_file)
     else:
         try:
             payload = json.loads(args.json)

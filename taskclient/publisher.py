@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
@@ -74,6 +74,17 @@ def task_id_for(dedupe_key: str) -> str:
     return hashlib.sha256(dedupe_key.encode()).hexdigest()
 
 
+class PublisherOptions(TypedDict, total=False):
+    """The keyword arguments of `TaskPublisher`, which its from_* constructors pass on."""
+
+    connection: Connection | None
+    retries: int
+    backoff: float
+    timeout: float
+    now: Callable[[], datetime]
+    sleep: Callable[[float], None]
+
+
 class TaskPublisher:
     """Creates HTTP tasks on the stack's queues, each with the invoker's OIDC token and explicit audience."""
 
@@ -99,17 +110,17 @@ class TaskPublisher:
     # --- construction from the exported values -------------------------------------------------
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], **options: Any) -> TaskPublisher:
+    def from_mapping(cls, values: Mapping[str, Any], **options: Unpack[PublisherOptions]) -> TaskPublisher:
         """From a dict: `pulumi stack output --json`, parsed, or what a StackReference gives."""
         return cls(StackOutputs.from_mapping(values), **options)
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> TaskPublisher:
+    def from_file(cls, path: str | Path, **options: Unpack[PublisherOptions]) -> TaskPublisher:
         """From a `pulumi stack output --json` document; "-" reads standard input."""
         return cls.from_mapping(read_outputs_document(path), **options)
 
     @classmethod
-    def from_env(cls, **options: Any) -> TaskPublisher:
+    def from_env(cls, **options: Unpack[PublisherOptions]) -> TaskPublisher:
         """From the JSON document in CLOUDRUN_TASKS_OUTPUTS (how a deployed producer receives it)."""
         text = os.environ.get(OUTPUTS_ENV)
         if not text:
@@ -127,16 +138,39 @@ class TaskPublisher:
 
     # --- publishing -----------------------------------------------------------------------------
 
-    def publish(self, payload: Any, **options: Any) -> str:
+    def publish(
+        self,
+        payload: Any,
+        *,
+        queue: str | None = None,
+        path: str | None = None,
+        delay: timedelta | float | None = None,
+        schedule_at: datetime | None = None,
+        name: str | None = None,
+        dedupe_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: timedelta | float | None = None,
+    ) -> str:
         """Creates one task and returns its full name.
 
-        Options: queue (short name; default queue when omitted), path (on the service; not for queues that
-        route at queue level), delay (seconds or timedelta) or schedule_at (aware datetime), name (task id)
-        or dedupe_key (hashed into the id), headers, deadline (dispatch deadline; the queue's by default).
+        queue: short name (the default queue when omitted); path: on the service (not for queues that route
+        at queue level); delay (seconds or timedelta) or schedule_at (aware datetime); name (task id) or
+        dedupe_key (hashed into the id); headers; deadline: the dispatch deadline (the queue's by default).
         A dict, list, str or number payload is sent as JSON with Content-Type application/json; bytes as given.
         A name that exists already returns that name without creating a second task.
         """
-        parent, task = self.build(TaskRequest(payload, **options))
+        request = TaskRequest(
+            payload,
+            queue=queue,
+            path=path,
+            delay=delay,
+            schedule_at=schedule_at,
+            name=name,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            deadline=deadline,
+        )
+        parent, task = self.build(request)
         return self._create(parent, task)[1]
 
     def publish_many(
