@@ -24,7 +24,6 @@ def run_emulator(args: argparse.Namespace) -> int:
 
     stop = _stop_on_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one dispatch line per attempt is ours to write
     try:
         emulator = CloudTasksEmulator(
             port=args.port, http_port=args.http_port, task_tombstone_ttl=args.task_tombstone_ttl, workers=args.workers

@@ -7,6 +7,7 @@ outputs. Tests assert on it; the local stack realises it; the policy pack checks
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import runpy
@@ -17,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import mocks, settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
+from pulumi.runtime import mocks
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_DIR / "__main__.py"
@@ -198,28 +197,34 @@ def evaluate(
     cloud = cloud or SimulatedGcp()
     monitor = _RecordingMonitor(cloud)
     warnings = _WarningCollector()
-    # A fresh Stack per run, and no output tasks left over from a run that failed (as pulumi.runtime.test does).
-    settings.ROOT.set(None)
-    settings.SETTINGS.outputs.clear()
-    _ensure_event_loop()  # type: ignore[no-untyped-call]  # asyncio.run() elsewhere leaves none behind
-    pulumi.runtime.set_all_config(dict(config))
-    pulumi.runtime.set_mocks(
-        cloud, project=project, stack=stack, preview=preview, monitor=monitor, logger=warnings.logger
-    )
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
+    exported: dict[str, Any] = {}
+    resolved: dict[str, Any] = {}
 
-    def run() -> None:
+    def run() -> pulumi.Output[None]:
         runpy.run_path(str(program), run_name="__main__")
+        exported.update(getattr(pulumi.runtime.get_root_resource(), "outputs", {}))
+        return pulumi.Output.from_input(exported).apply(lambda values: resolved.update(values or {}))
 
+    # An event loop of this run's own: the program's outputs resolve on it, and nothing is left behind.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        _sync_await(run_pulumi_func(run))
-        exported: dict[str, Any] = dict(getattr(settings.get_root_resource(), "outputs", {}))
-        outputs = _sync_await(pulumi.Output.from_input(exported).future()) or {}
-        dependencies = {name: _sync_await(_urns_behind(value)) for name, value in exported.items()}
+        pulumi.runtime.reset_options()  # a fresh root stack per run, which set_mocks then creates
+        pulumi.runtime.set_all_config(dict(config))
+        pulumi.runtime.set_mocks(
+            cloud, project=project, stack=stack, preview=preview, monitor=monitor, logger=warnings.logger
+        )
+        # Runs the program and waits for everything it started, as the language host does.
+        pulumi.runtime.test(run)()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+        dependencies = {name: loop.run_until_complete(_urns_behind(value)) for name, value in exported.items()}
     except pulumi.RunError as err:
         raise ProgramError(str(err), _registrations(monitor)) from None
-    return ProgramRun(_registrations(monitor), outputs, dependencies, tuple(warnings.messages))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return ProgramRun(_registrations(monitor), resolved, dependencies, tuple(warnings.messages))
 
 
 async def _urns_behind(value: Any) -> frozenset[str]:

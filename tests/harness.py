@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR, ProgramRun, evaluate
 
 
@@ -34,6 +36,22 @@ def with_overrides(config: Mapping[str, str], **project_keys: Any) -> dict[str, 
 
 def run_stack(stack: str = "dev", **project_keys: Any) -> ProgramRun:
     return evaluate(with_overrides(stack_file_config(stack), **project_keys), stack=stack)
+
+
+@functools.cache
+def dev_run() -> ProgramRun:
+    """The dev stack's run, evaluated on first use (never when a test module is imported) and shared by the
+    tests that only read it."""
+    return run_stack("dev")
+
+
+def dev_outputs() -> dict[str, Any]:
+    """The dev stack's outputs document, a fresh copy each call."""
+    return dict(dev_run().outputs)
+
+
+def dev_stack() -> StackOutputs:
+    return StackOutputs.from_mapping(dev_run().outputs)
 
 
 def stack_document(stack: str) -> dict[str, Any]:

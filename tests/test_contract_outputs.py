@@ -8,13 +8,11 @@ from typing import Any
 import pytest
 
 from contract.outputs import OutputName, QueueField, StackOutputs, StackOutputsError
-from harness import run_stack
-
-DEV = dict(run_stack("dev").outputs)
+from harness import dev_run
 
 
 def changed(path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    document = copy.deepcopy(DEV)
+    document = copy.deepcopy(dict(dev_run().outputs))
     target = document
     for key in path[:-1]:
         target = target[key]
@@ -26,7 +24,7 @@ def changed(path: tuple[str, ...], value: Any) -> dict[str, Any]:
 
 
 def test_reads_the_programs_outputs() -> None:
-    outputs = StackOutputs.from_mapping(DEV)
+    outputs = StackOutputs.from_mapping(dict(dev_run().outputs))
     assert set(outputs.queues) == {"default", "emails"}
     assert outputs.queues["default"].key == "default"
 

@@ -11,24 +11,19 @@ import pytest
 from emulator_support import LoopbackEmulator, stack_queues
 from google.cloud import tasks_v2
 
-from contract.outputs import StackOutputs
-from harness import run_stack
+from harness import dev_outputs, dev_run, dev_stack
 from localcloud.emulator.faults import Fault
 from taskclient.connection import connect
 from taskclient.errors import PublishError, TaskValidationError
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, task_id_for
 
-RUN = run_stack("dev")
-OUTPUTS = dict(RUN.outputs)
-STACK = StackOutputs.from_mapping(OUTPUTS)
-DEFAULT, EMAILS = STACK.queues["default"], STACK.queues["emails"]
 # The publisher's clock: a fixed instant, ahead of the server's real clock so schedule times stay future.
 NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 
 
 @pytest.fixture
 def server() -> Iterator[LoopbackEmulator]:
-    with LoopbackEmulator(stack_queues(RUN)) as running:
+    with LoopbackEmulator(stack_queues(dev_run())) as running:
         yield running
 
 
@@ -40,7 +35,7 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def publisher(server: LoopbackEmulator, sleeps: list[float]) -> Iterator[TaskPublisher]:
     with TaskPublisher.from_mapping(
-        OUTPUTS, connection=connect(server.address), now=lambda: NOW, sleep=sleeps.append
+        dev_outputs(), connection=connect(server.address), now=lambda: NOW, sleep=sleeps.append
     ) as created:
         yield created
 
@@ -59,16 +54,18 @@ def test_json_task_carries_the_invoker_token_and_explicit_audience(
 ) -> None:
     name = publisher.publish({"order": 42})
     task = only_task(server)
-    assert name == task.name and name.startswith(DEFAULT.path + "/tasks/")
+    assert name == task.name and name.startswith(dev_stack().queues["default"].path + "/tasks/")
     request = task.http_request
-    assert request.url == DEFAULT.task_url
+    assert request.url == dev_stack().queues["default"].task_url
     assert request.http_method == tasks_v2.HttpMethod.POST
     assert request.headers["Content-Type"] == "application/json"
     assert request.body == b'{"order":42}'
-    assert request.oidc_token.service_account_email == STACK.invoker_email
-    assert request.oidc_token.audience == STACK.oidc_audience == STACK.service_url
+    assert request.oidc_token.service_account_email == dev_stack().invoker_email
+    assert request.oidc_token.audience == dev_stack().oidc_audience == dev_stack().service_url
     assert task.dispatch_deadline == timedelta(seconds=600)
-    assert ("x-goog-request-params", f"parent={DEFAULT.path}") in server.faults.calls("CreateTask")[0].metadata
+    assert ("x-goog-request-params", f"parent={dev_stack().queues['default'].path}") in server.faults.calls(
+        "CreateTask"
+    )[0].metadata
 
 
 def test_bytes_are_sent_as_given_without_a_content_type(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
@@ -83,8 +80,8 @@ def test_queue_level_routing_leaves_url_and_token_to_the_queue(
 ) -> None:
     publisher.publish({"to": "a@example.com"}, queue="emails")
     task = only_task(server)
-    assert task.name.startswith(EMAILS.path + "/tasks/")
-    assert task.http_request.url == EMAILS.task_url
+    assert task.name.startswith(dev_stack().queues["emails"].path + "/tasks/")
+    assert task.http_request.url == dev_stack().queues["emails"].task_url
     assert "oidc_token" not in task.http_request
     assert task.dispatch_deadline == timedelta(seconds=120)
 
@@ -92,7 +89,7 @@ def test_queue_level_routing_leaves_url_and_token_to_the_queue(
 def test_path_delay_deadline_and_headers(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({}, path="/tasks/resize", delay=90, deadline=timedelta(minutes=20), headers={"X-Tenant": "t1"})
     task = only_task(server)
-    assert task.http_request.url == STACK.service_url + "/tasks/resize"
+    assert task.http_request.url == dev_stack().service_url + "/tasks/resize"
     assert task.schedule_time == NOW + timedelta(seconds=90)
     assert task.dispatch_deadline == timedelta(minutes=20)
     assert task.http_request.headers["X-Tenant"] == "t1"
@@ -103,13 +100,13 @@ def test_a_name_is_created_once_and_a_repeat_returns_the_same_name(
 ) -> None:
     first = publisher.publish({"n": 1}, name="order-42")
     again = publisher.publish({"n": 1}, name="order-42")
-    assert first == again == f"{DEFAULT.path}/tasks/order-42"
+    assert first == again == f"{dev_stack().queues['default'].path}/tasks/order-42"
     assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
 def test_dedupe_key_derives_a_hashed_name(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     name = publisher.publish({"n": 1}, dedupe_key="invoice:2026-11:42")
-    assert name == f"{DEFAULT.path}/tasks/{task_id_for('invoice:2026-11:42')}"
+    assert name == f"{dev_stack().queues['default'].path}/tasks/{task_id_for('invoice:2026-11:42')}"
     assert len(task_id_for("invoice:2026-11:42")) == 64
 
 
@@ -192,7 +189,7 @@ def test_server_errors_become_actionable_messages(
     with pytest.raises(PublishError) as raised:
         publisher.publish({}, name="t1")
     message = str(raised.value)
-    assert expected.format(queue=DEFAULT.path, invoker=STACK.invoker_email) in message
+    assert expected.format(queue=dev_stack().queues["default"].path, invoker=dev_stack().invoker_email) in message
     assert f"[{code.name}: {detail}]" in message
     assert raised.value.code == code.name
     if code is grpc.StatusCode.PERMISSION_DENIED:
@@ -203,19 +200,19 @@ def test_server_errors_become_actionable_messages(
 def test_a_queue_the_server_does_not_have_is_reported_as_not_deployed() -> None:
     with (
         LoopbackEmulator() as empty,
-        TaskPublisher.from_mapping(OUTPUTS, connection=connect(empty.address)) as publisher,
+        TaskPublisher.from_mapping(dev_outputs(), connection=connect(empty.address)) as publisher,
         pytest.raises(PublishError) as raised,
     ):
         publisher.publish({})
-    assert f"queue {DEFAULT.path} not found: it is not deployed" in str(raised.value)
+    assert f"queue {dev_stack().queues['default'].path} not found: it is not deployed" in str(raised.value)
     assert "(they say europe-west1)" in str(raised.value)
 
 
 def test_a_paused_queue_accepts_tasks(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     # As in Cloud Tasks: pausing stops dispatch, not creation, so the client must not refuse it either.
-    server.pause(DEFAULT.path)
-    assert publisher.publish({}, name="while-paused") == f"{DEFAULT.path}/tasks/while-paused"
-    assert [task.name for task in server.tasks()] == [f"{DEFAULT.path}/tasks/while-paused"]
+    server.pause(dev_stack().queues["default"].path)
+    assert publisher.publish({}, name="while-paused") == f"{dev_stack().queues['default'].path}/tasks/while-paused"
+    assert [task.name for task in server.tasks()] == [f"{dev_stack().queues['default'].path}/tasks/while-paused"]
 
 
 def test_a_queue_refusing_tasks_is_reported_with_how_to_resume(
@@ -242,7 +239,9 @@ def test_named_task_is_retried_with_backoff_on_transient_errors(
 def test_already_exists_after_a_lost_response_means_created(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     server.faults.fail_next("CreateTask", grpc.StatusCode.DEADLINE_EXCEEDED, "response lost", after_effect=True)
     results = publisher.publish_many([TaskRequest({}, name="t1")])
-    assert [(r.outcome, r.name) for r in results] == [(Outcome.CREATED, f"{DEFAULT.path}/tasks/t1")]
+    assert [(r.outcome, r.name) for r in results] == [
+        (Outcome.CREATED, f"{dev_stack().queues['default'].path}/tasks/t1")
+    ]
     assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
