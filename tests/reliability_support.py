@@ -24,6 +24,7 @@ import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import RunningStack, running
@@ -89,7 +90,7 @@ class Watch:
             elif "outcome" in entry and "task" in entry:
                 key = (entry["queue"], entry["task"])
                 self.entries[key].append(entry)
-                if entry["outcome"] in ("done", "dead-lettered"):
+                if entry["outcome"] in (TaskOutcome.DONE, TaskOutcome.DEAD_LETTERED):
                     self.terminal.add(key)
         elif match := PROBE_EVENT.fullmatch(line):
             self.work.append((match[1], match[2], int(match[3])))

@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from contract.handler_env import QueueEntry
+from contract.outcomes import TaskOutcome
 from handler.app import MAX_BODY_BYTES, create_app
 from handler.dead_letters import MemoryDeadLetters
 from handler.environment import HandlerConfigError, HandlerSettings
@@ -98,7 +99,7 @@ def test_done_work_answers_200_with_a_typed_context(client: TestClient) -> None:
         retry=1,
         **{"X-CloudTasks-TaskPreviousResponse": "500", "X-CloudTasks-TaskRetryReason": ""},
     )
-    assert (response.status_code, response.json()) == (200, {"status": "done"})
+    assert (response.status_code, response.json()) == (200, {"status": TaskOutcome.DONE})
     ((payload, context),) = calls
     assert payload == {"order": 42}
     assert (context.queue, context.task, context.retry_count, context.attempt) == (QUEUE, "t1", 1, 2)
@@ -115,7 +116,7 @@ def test_blocking_work_runs_off_the_event_loop(client: TestClient) -> None:
 def test_retryable_failure_answers_500_and_is_not_dead_lettered(client: TestClient, letters: MemoryDeadLetters) -> None:
     response = post(client, "/tasks/boom", retry=0)
     assert response.status_code == 500
-    assert response.json() == {"status": "failed", "reason": "RuntimeError: database unreachable"}
+    assert response.json() == {"status": TaskOutcome.FAILED, "reason": "RuntimeError: database unreachable"}
     assert letters.letters == []
 
 
@@ -124,7 +125,7 @@ def test_failure_on_the_final_attempt_is_dead_lettered_and_acknowledged(
 ) -> None:
     response = post(client, "/tasks/boom", {"order": 7}, retry=2)  # attempt 3 of 3
     assert response.status_code == 200
-    assert response.json()["status"] == "dead-lettered"
+    assert response.json()["status"] == TaskOutcome.DEAD_LETTERED
     (letter,) = letters.letters
     assert (letter.queue, letter.task, letter.path, letter.attempt) == (QUEUE, "t1", "/tasks/boom", 3)
     assert letter.reason == "final attempt (3 of 3): RuntimeError: database unreachable"
@@ -151,7 +152,7 @@ def test_permanent_failures_are_dead_lettered_not_retried(
 ) -> None:
     response = post(client, path, raw=raw)
     assert response.status_code == 200
-    assert response.json()["status"] == "dead-lettered" and reason in response.json()["reason"]
+    assert response.json()["status"] == TaskOutcome.DEAD_LETTERED and reason in response.json()["reason"]
     assert len(letters.letters) == 1 and reason in letters.letters[0].reason
     assert calls == []
 
@@ -168,9 +169,9 @@ def test_retry_later_on_the_final_attempt_is_dead_lettered(client: TestClient, l
 
 
 def test_a_duplicate_of_a_done_task_is_acknowledged_without_running(client: TestClient) -> None:
-    assert post(client, "/tasks/ok", task="same").json() == {"status": "done"}
+    assert post(client, "/tasks/ok", task="same").json() == {"status": TaskOutcome.DONE}
     again = post(client, "/tasks/ok", task="same", retry=1)
-    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    assert (again.status_code, again.json()["status"]) == (200, TaskOutcome.DUPLICATE)
     assert len(calls) == 1
 
 
@@ -178,7 +179,7 @@ def test_a_dead_lettered_task_delivered_again_is_not_dead_lettered_twice(
     client: TestClient, letters: MemoryDeadLetters
 ) -> None:
     post(client, "/tasks/permanent", task="bad")
-    assert post(client, "/tasks/permanent", task="bad").json()["status"] == "duplicate"
+    assert post(client, "/tasks/permanent", task="bad").json()["status"] == TaskOutcome.DUPLICATE
     assert len(letters.letters) == 1
 
 
@@ -190,7 +191,7 @@ def test_a_failed_task_runs_again_on_retry(client: TestClient) -> None:
 
 def test_same_task_id_on_another_queue_is_another_task(client: TestClient) -> None:
     post(client, "/tasks/ok", task="t")
-    assert post(client, "/tasks/ok", task="t", queue="other-queue").json()["status"] == "done"
+    assert post(client, "/tasks/ok", task="t", queue="other-queue").json()["status"] == TaskOutcome.DONE
     assert len(calls) == 2
 
 
@@ -270,7 +271,7 @@ def test_each_request_is_one_structured_log_entry(client: TestClient, log: io.St
     assert done["logging.googleapis.com/trace"] == "projects/my-tasks-dev/traces/105445aa7843bc8bf206b12000100000"
     assert (done["queue"], done["task"], done["attempt"], done["path"]) == (QUEUE, "logged", 1, "/tasks/ok")
     assert done["latencyMs"] >= 0 and done["httpRequest"]["status"] == 200
-    assert dead["severity"] == "ERROR" and dead["outcome"] == "dead-lettered" and dead["attempt"] == 3
+    assert dead["severity"] == "ERROR" and dead["outcome"] == TaskOutcome.DEAD_LETTERED and dead["attempt"] == 3
 
 
 def test_default_dead_letter_sink_is_a_structured_error_entry(log: io.StringIO) -> None:

@@ -17,6 +17,7 @@ import httpx2 as httpx
 import pytest
 from oidc_support import AUDIENCE, INVOKER, CertsServer, make_key, mint
 
+from contract.outcomes import TaskOutcome
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import free_port
 
@@ -82,11 +83,11 @@ def probe() -> Iterator[HandlerProcess]:
 
 
 def test_bad_requests_get_a_clear_answer_and_never_crash_the_server(handler: HandlerProcess) -> None:
-    assert handler.post("/tasks/default", b'{"ok": true}', task="good").json() == {"status": "done"}
+    assert handler.post("/tasks/default", b'{"ok": true}', task="good").json() == {"status": TaskOutcome.DONE}
     not_json = handler.post("/tasks/default", b"{oops", task="bad-json")
-    assert (not_json.status_code, not_json.json()["status"]) == (200, "dead-lettered")
+    assert (not_json.status_code, not_json.json()["status"]) == (200, TaskOutcome.DEAD_LETTERED)
     huge = handler.post("/tasks/default", b"x" * (2 * 1024 * 1024), task="huge")
-    assert (huge.status_code, huge.json()["status"]) == (200, "dead-lettered")
+    assert (huge.status_code, huge.json()["status"]) == (200, TaskOutcome.DEAD_LETTERED)
     unknown = handler.post("/tasks/unknown", task="unknown-type")
     assert unknown.json()["reason"] == "no task type is registered at /tasks/unknown"
     no_headers = handler.client.post("/tasks/default", content=b"{}")
@@ -97,14 +98,21 @@ def test_bad_requests_get_a_clear_answer_and_never_crash_the_server(handler: Han
 def test_final_attempt_failure_and_permanent_failure_are_dead_lettered(handler: HandlerProcess) -> None:
     assert handler.post("/tasks/default", b'{"fail_attempts": 5}', task="flaky", retry=0).status_code == 500
     assert handler.post("/tasks/default", b'{"fail_attempts": 5}', task="flaky", retry=2).json()["status"] == (
-        "dead-lettered"
+        TaskOutcome.DEAD_LETTERED
     )
-    assert handler.post("/tasks/send-email", b'{"to": "nobody"}', task="mail").json()["status"] == "dead-lettered"
+    assert (
+        handler.post("/tasks/send-email", b'{"to": "nobody"}', task="mail").json()["status"]
+        == TaskOutcome.DEAD_LETTERED
+    )
     entries = handler.log()
     letters = [e["deadLetter"] for e in entries if "deadLetter" in e]
     assert [(d["task"], d["attempt"]) for d in letters] == [("flaky", 3), ("mail", 1)]
     requests = [e for e in entries if e.get("message", "").startswith("task ")]
-    assert [e["outcome"] for e in requests] == ["failed", "dead-lettered", "dead-lettered"]
+    assert [e["outcome"] for e in requests] == [
+        TaskOutcome.FAILED,
+        TaskOutcome.DEAD_LETTERED,
+        TaskOutcome.DEAD_LETTERED,
+    ]
     assert all(e["queue"] == QUEUE and isinstance(e["latencyMs"], float) for e in requests)
 
 
@@ -134,8 +142,8 @@ def test_two_copies_at_once_run_the_work_once(probe: HandlerProcess) -> None:
     started(probe, "dup")
     second = probe.post("/tasks/announce", b'{"seconds": 1}', task="dup")
     assert (second.status_code, second.headers["Retry-After"]) == (429, "30")
-    assert first.result(timeout=20).json() == {"status": "done"}
-    assert probe.post("/tasks/announce", b'{"seconds": 1}', task="dup").json()["status"] == "duplicate"
+    assert first.result(timeout=20).json() == {"status": TaskOutcome.DONE}
+    assert probe.post("/tasks/announce", b'{"seconds": 1}', task="dup").json()["status"] == TaskOutcome.DUPLICATE
 
 
 def test_sigterm_lets_the_running_task_finish(probe: HandlerProcess) -> None:
@@ -143,7 +151,7 @@ def test_sigterm_lets_the_running_task_finish(probe: HandlerProcess) -> None:
     started(probe, "long")
     probe.process.send_signal(signal.SIGTERM)
     response = running.result(timeout=20)
-    assert (response.status_code, response.json()) == (200, {"status": "done"})
+    assert (response.status_code, response.json()) == (200, {"status": TaskOutcome.DONE})
     # Uvicorn re-raises the signal once shut down, so the exit status says "ended by SIGTERM" as it should.
     assert probe.process.wait(timeout=20) == -signal.SIGTERM
 

@@ -15,6 +15,7 @@ import pytest
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs
 from localcloud.demo import Ledger
 from localcloud.program import PROJECT_DIR
@@ -127,7 +128,7 @@ def test_cloud_run_iam_is_enforced_locally(
     raw_client(stack).create_task(parent=queue.path, task=task)
     stack.wait_for_line("emulator", f"task=iam-{status} attempt=1 status={status}")
     refused = json.loads(stack.wait_for_line("handler", f'"task":"iam-{status}"'))
-    assert (refused["outcome"], refused["httpRequest"]["status"]) == ("refused", status)
+    assert (refused["outcome"], refused["httpRequest"]["status"]) == (TaskOutcome.REFUSED, status)
 
 
 def test_the_demo_delivers_everything_and_loses_nothing() -> None:

@@ -20,6 +20,7 @@ from google.cloud import tasks_v2
 from reliability_probe import Fault, decide
 from reliability_support import PROBE_COMMAND, Watch, start_process, stock_client, stop_process, uvicorn_ready
 
+from contract.outcomes import TaskOutcome
 from contract.retry import RetryPolicy, backoff_delay
 from localcloud.emulator.realtime import AsyncDispatcher, DispatchResult
 from localcloud.emulator.service import CloudTasksEmulator
@@ -31,7 +32,12 @@ TASKS = 300
 DEADLINE_S = 0.5
 MAX_ATTEMPTS = 50  # never reached: the longest run of failures in the fixed decision table is far shorter
 STATUS = {Fault.OK: 200, Fault.ERROR: 500, Fault.THROTTLE: 429, Fault.HANG: None}
-HANDLER_OUTCOME = {Fault.OK: "done", Fault.ERROR: "failed", Fault.THROTTLE: "retry", Fault.HANG: "failed"}
+HANDLER_OUTCOME = {
+    Fault.OK: TaskOutcome.DONE,
+    Fault.ERROR: TaskOutcome.FAILED,
+    Fault.THROTTLE: TaskOutcome.RETRY,
+    Fault.HANG: TaskOutcome.FAILED,
+}
 
 
 @dataclass
@@ -125,7 +131,7 @@ def test_every_task_is_done_exactly_once_despite_errors_throttling_and_hangs(rig
             problems.append(f"{task_id}: attempts {attempts[task_id]}")
             continue
         for number, status in attempts[task_id]:
-            if answers.get(number) == "in-progress" and status == 429:
+            if answers.get(number) == TaskOutcome.IN_PROGRESS and status == 429:
                 collisions += 1
                 continue
             fault = decide(task_id, number)
@@ -135,7 +141,7 @@ def test_every_task_is_done_exactly_once_despite_errors_throttling_and_hangs(rig
                     f"{task_id} attempt {number}: {fault} but status {status}, handler {answers.get(number)}"
                 )
         # Done exactly once: one "done" in the log, the work announced once, and no attempt after the 200.
-        if [o for _, o in handled[task_id]].count("done") != 1 or worked[task_id] != 1:
+        if [o for _, o in handled[task_id]].count(TaskOutcome.DONE) != 1 or worked[task_id] != 1:
             problems.append(f"{task_id}: handled {handled[task_id]}, worked {worked[task_id]} times")
     assert problems == [], problems[:10]
 

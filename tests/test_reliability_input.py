@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 
 from components.settings import PROJECT_KEYS, QUEUE_KEYS, RATE_LIMIT_KEYS, RETRY_KEYS, SERVICE_KEYS, shown_key
 from contract.handler_env import QueueEntry
+from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs, StackOutputsError
 from gcp_schema import schema_problems
 from handler.app import create_app
@@ -250,16 +251,16 @@ def test_a_key_with_a_line_break_is_refused_on_one_line(site: str) -> None:
 QUEUE = "tasks-dev-default-fuzz"
 SETTINGS = HandlerSettings(queues={QUEUE: QueueEntry("default", max_attempts=5)}, invoker_emails=frozenset())
 CONTRACT = {
-    (200, "done"),
-    (200, "duplicate"),
-    (200, "dead-lettered"),
-    (400, "rejected"),
-    (429, "retry"),
-    (429, "in-progress"),
-    (500, "failed"),
-    (401, "refused"),
-    (403, "refused"),
-    (503, "failed"),
+    (200, TaskOutcome.DONE),
+    (200, TaskOutcome.DUPLICATE),
+    (200, TaskOutcome.DEAD_LETTERED),
+    (400, TaskOutcome.REJECTED),
+    (429, TaskOutcome.RETRY),
+    (429, TaskOutcome.IN_PROGRESS),
+    (500, TaskOutcome.FAILED),
+    (401, TaskOutcome.REFUSED),
+    (403, TaskOutcome.REFUSED),
+    (503, TaskOutcome.FAILED),
 }
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=30)
 counts = st.integers(-5, 10).map(str) | st.sampled_from(["", "9" * 30, "9" * 5000, "1.5", "-0", "+3", " 2", "0x1"])

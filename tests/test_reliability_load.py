@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from reliability_support import LocalStack, key_of, local_stack, stock_client
 
+from contract.outcomes import TaskOutcome
 from taskclient.connection import connect
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest
 
@@ -75,17 +76,21 @@ def test_ten_thousand_tasks_none_lost_none_worked_twice_every_outcome_accounted_
         assert list(client.list_tasks(parent=dev.outputs.queues["default"].path)) == []
 
     # Per task: the work function ran to "done" exactly once; a second delivery may only be a "duplicate".
-    expected_outcomes = {"plain": ["done"], "permanent": ["dead-lettered"], "flaky": ["failed", "done"]}
+    expected_outcomes = {
+        "plain": [TaskOutcome.DONE],
+        "permanent": [TaskOutcome.DEAD_LETTERED],
+        "flaky": [TaskOutcome.FAILED, TaskOutcome.DONE],
+    }
     expected_failures = {"plain": [], "permanent": [], "flaky": [500]}
     wrong = []
     with watch.changed:
         for key in keys:
             outcomes = [e["outcome"] for e in watch.entries[key]]
-            duplicates = outcomes.count("duplicate")
+            duplicates = outcomes.count(TaskOutcome.DUPLICATE)
             statuses = [status for _, status in watch.attempts[key]]
             failures = [status for status in statuses if status != 200]
             if (
-                [o for o in outcomes if o != "duplicate"] != expected_outcomes[kinds[key]]
+                [o for o in outcomes if o != TaskOutcome.DUPLICATE] != expected_outcomes[kinds[key]]
                 or failures != expected_failures[kinds[key]]
                 or statuses.count(200) != 1 + duplicates  # each extra delivery was answered "duplicate"
             ):
@@ -95,9 +100,15 @@ def test_ten_thousand_tasks_none_lost_none_worked_twice_every_outcome_accounted_
     assert wrong == [], f"{len(wrong)} tasks ended otherwise than expected, e.g. {wrong[:5]}"
 
     # Accounting: published = done + dead-lettered, and each dead letter was recorded once.
-    assert counts["done"] + counts["dead-lettered"] == TOTAL
-    assert (counts["done"], counts["dead-lettered"], counts["failed"]) == (TOTAL - PERMANENT, PERMANENT, FLAKY)
-    assert set(counts) <= {"done", "dead-lettered", "failed", "duplicate"}, counts
+    assert counts[TaskOutcome.DONE] + counts[TaskOutcome.DEAD_LETTERED] == TOTAL
+    assert (counts[TaskOutcome.DONE], counts[TaskOutcome.DEAD_LETTERED], counts[TaskOutcome.FAILED]) == (
+        TOTAL - PERMANENT,
+        PERMANENT,
+        FLAKY,
+    )
+    assert set(counts) <= {TaskOutcome.DONE, TaskOutcome.DEAD_LETTERED, TaskOutcome.FAILED, TaskOutcome.DUPLICATE}, (
+        counts
+    )
     assert sorted(letters.values()) == [1] * PERMANENT
     assert set(letters) == {key for key in keys if kinds[key] == "permanent"}
     print(

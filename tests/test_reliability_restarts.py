@@ -35,6 +35,7 @@ from reliability_support import (
     uvicorn_ready,
 )
 
+from contract.outcomes import TaskOutcome
 from localcloud.stack import _create_queues, _handler_env
 from taskclient.connection import connect
 from taskclient.errors import PublishError
@@ -108,7 +109,7 @@ def test_the_handler_killed_mid_run_and_restarted_loses_no_task() -> None:
 
     after_restart = {t for event, t, pid in events if event == "worked" and pid == second.pid}
     assert after_restart - held_before - held_after, "the kill was not mid-run: nothing was left for the restart"
-    assert {t for t in ids if "done" not in outcomes[t]} == set(), "a task never got done"
+    assert {t for t in ids if TaskOutcome.DONE not in outcomes[t]} == set(), "a task never got done"
     assert {t for t in ids if runs[t] == 0} == set(), "a task's work never ran"
     assert max(runs_per_process.values()) == 1, "one process ran a task's work twice"
     assert max(runs.values()) <= 2
@@ -116,7 +117,7 @@ def test_the_handler_killed_mid_run_and_restarted_loses_no_task() -> None:
     assert twice <= in_flight and len(twice) <= len(in_flight)
     assert held_after <= twice, "work finished before the kill, answer never sent: it must run again"
     assert {t for t in held_before if runs[t] != 1} == set(), "work that never finished runs exactly once"
-    assert not [t for t in ids if set(outcomes[t]) - {"done", "duplicate"}]
+    assert not [t for t in ids if set(outcomes[t]) - {TaskOutcome.DONE, TaskOutcome.DUPLICATE}]
     print(
         f"\nhandler kill: {len(in_flight)} in flight at the kill, {len(twice)} ran twice"
         f" ({len(twice - held_after)} besides the ones held after their work),"
@@ -211,7 +212,7 @@ def test_a_running_handler_refuses_a_restarted_emulators_tokens_until_it_refetch
     with TaskPublisher(dev.outputs, connection=connect(host)) as publisher:
         name = publisher.publish({"first": "attempt"})
     first = dev.watch.wait(lambda: dev.watch.attempts.get(key_of(name)), "the first attempt")[0]
-    refusals = [e.get("reason") for e in dev.watch.entries[key_of(name)] if e["outcome"] == "refused"]
+    refusals = [e.get("reason") for e in dev.watch.entries[key_of(name)] if e["outcome"] == TaskOutcome.REFUSED]
     assert first == (1, 401)
     assert refusals[:1] == ["unknown signing key"]
 

@@ -21,6 +21,7 @@ from emulator_support import RecordingServer
 from google.cloud import tasks_v2
 from reliability_support import LocalStack, Watch, local_stack, start_process, stock_client, stop_process, uvicorn_ready
 
+from contract.outcomes import TaskOutcome
 from localcloud.emulator.http import OidcHttpServer
 from localcloud.emulator.oidc import TokenIssuer
 from localcloud.stack import _handler_env, free_port, plan, stack_config
@@ -65,9 +66,9 @@ def first_answer(dev: LocalStack, key: tuple[str, str]) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("case", "email", "audience", "expected"),
     [
-        ("control", None, None, (200, "done", "")),
-        ("not-an-invoker", NOT_AN_INVOKER, None, (403, "refused", "caller is not an allowed invoker")),
-        ("wrong-audience", None, "https://not-the-service.example", (401, "refused", "wrong audience")),
+        ("control", None, None, (200, TaskOutcome.DONE, "")),
+        ("not-an-invoker", NOT_AN_INVOKER, None, (403, TaskOutcome.REFUSED, "caller is not an allowed invoker")),
+        ("wrong-audience", None, "https://not-the-service.example", (401, TaskOutcome.REFUSED, "wrong audience")),
     ],
 )
 def test_tokens_the_emulator_mints_are_checked_like_cloud_run(
@@ -131,13 +132,13 @@ def test_tokens_the_emulator_would_never_mint_are_refused(dev: LocalStack) -> No
     impostor.kid = emulator_kid(dev)  # ... claiming the emulator's key id
     stale = TokenIssuer(clock=lambda: time.time() - TWO_HOURS)  # its tokens expired an hour ago
     cases = {
-        "genuine (control)": (genuine, 200, "done", ""),
-        "genuine, email changed": (retarget(genuine, email=NOT_AN_INVOKER), 401, "refused", "bad signature"),
-        "wrong signer": (stranger.mint(invoker, audience), 401, "refused", "unknown signing key"),
-        "wrong signer, emulator kid": (impostor.mint(invoker, audience), 401, "refused", "bad signature"),
+        "genuine (control)": (genuine, 200, TaskOutcome.DONE, ""),
+        "genuine, email changed": (retarget(genuine, email=NOT_AN_INVOKER), 401, TaskOutcome.REFUSED, "bad signature"),
+        "wrong signer": (stranger.mint(invoker, audience), 401, TaskOutcome.REFUSED, "unknown signing key"),
+        "wrong signer, emulator kid": (impostor.mint(invoker, audience), 401, TaskOutcome.REFUSED, "bad signature"),
         # The signer is checked before the expiry, so this one is refused for its signer: see the next test for
         # an expired token whose signature the handler trusts.
-        "expired, other signer": (stale.mint(invoker, audience), 401, "refused", "unknown signing key"),
+        "expired, other signer": (stale.mint(invoker, audience), 401, TaskOutcome.REFUSED, "unknown signing key"),
     }
     queue = dev.queue_id("default")
     answers = {}
