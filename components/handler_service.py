@@ -26,16 +26,17 @@ class TaskHandlerServiceArgs:
     runtime_account_id: str
     # Stable label -> member granted roles/run.invoker on this service (and nothing else).
     invokers: Mapping[str, pulumi.Input[str]]
-    timeout: str = "600s"
-    ingress: Ingress = Ingress.INTERNAL_ONLY
-    min_instances: int = 0
-    max_instances: int = 10
-    concurrency: int = 80
-    cpu: str = "1"
-    memory: str = "512Mi"
+    # No defaults here: components/settings.py decides each one, once, and says why.
+    timeout: str
+    ingress: Ingress
+    min_instances: int
+    max_instances: int
+    concurrency: int
+    cpu: str
+    memory: str
+    manage_image: bool
+    deletion_protection: bool
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    manage_image: bool = True
-    deletion_protection: bool = True
 
 
 class TaskHandlerService(pulumi.ComponentResource):

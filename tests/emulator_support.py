@@ -4,6 +4,10 @@ dispatcher for tests that look at what a client created."""
 
 from __future__ import annotations
 
+import os
+import queue as thread_queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +21,7 @@ from localcloud.emulator.clock import ManualClock
 from localcloud.emulator.core import CloudTasksCore
 from localcloud.emulator.faults import FaultInjector
 from localcloud.emulator.server import EmulatorServer
-from localcloud.program import ProgramRun
+from localcloud.program import PROJECT_DIR, ProgramRun
 from localcloud.stack import QUEUE, queue_from_inputs
 
 LOCATION = "projects/p/locations/l"
@@ -216,3 +220,22 @@ class LoopbackEmulator:
     def create_calls(self) -> int:
         """CreateTask calls that reached the server, whatever their answer."""
         return len(self.faults.calls("CreateTask"))
+
+
+def start_emulator_command(*arguments: str) -> tuple[subprocess.Popen[str], str]:
+    """`python -m localcloud emulator ARGUMENTS` in a child process, and the first line it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localcloud", "emulator", *arguments],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: thread_queue.Queue[str] = thread_queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline() if process.stdout else ""), daemon=True).start()
+    try:
+        return process, lines.get(timeout=60)
+    except thread_queue.Empty:
+        process.kill()
+        raise AssertionError("the emulator printed no ready line within 60 s") from None

@@ -4,11 +4,8 @@ deadlines and redirects handled as Cloud Tasks does; and the `python -m localclo
 from __future__ import annotations
 
 import datetime
-import os
-import queue
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 import grpc
 import httpx2
 import pytest
-from emulator_support import LOCATION, FakeMinter, RecordingServer, queue_path
+from emulator_support import LOCATION, FakeMinter, RecordingServer, queue_path, start_emulator_command
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
@@ -176,26 +173,6 @@ def test_a_scheduled_task_is_not_sent_before_its_schedule_time(local: LocalCloud
 # ----- the command line -----
 
 
-def start_command(*arguments: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "localcloud", "emulator", *arguments],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert process.stdout is not None
-    threading.Thread(target=lambda: lines.put(process.stdout.readline() if process.stdout else ""), daemon=True).start()
-    try:
-        return process, lines.get(timeout=60)
-    except queue.Empty:
-        process.kill()
-        raise AssertionError("the emulator printed no ready line within 60 s") from None
-
-
 def stop_command(process: subprocess.Popen[str]) -> tuple[int, str]:
     process.send_signal(signal.SIGTERM)
     try:
@@ -208,7 +185,7 @@ def stop_command(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 def test_the_emulator_command_serves_until_sigterm() -> None:
     port = free_port()
-    process, line = start_command("--port", str(port), "--task-tombstone-ttl", "0")
+    process, line = start_emulator_command("--port", str(port), "--task-tombstone-ttl", "0")
     try:
         assert line == f"emulator ready grpc=127.0.0.1:{port}\n"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -223,7 +200,7 @@ def test_the_emulator_command_serves_until_sigterm() -> None:
 
 def test_the_emulator_command_serves_the_oidc_keys_with_http_port() -> None:
     port, http_port = free_port(), free_port()
-    process, line = start_command("--port", str(port), "--http-port", str(http_port))
+    process, line = start_emulator_command("--port", str(port), "--http-port", str(http_port))
     try:
         assert line == f"emulator ready grpc=127.0.0.1:{port} http=http://127.0.0.1:{http_port}\n"
         certs = httpx2.get(f"http://127.0.0.1:{http_port}/oauth2/v1/certs", timeout=10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from emulator_support import LOCATION, LoopbackEmulator, queue_path
+from emulator_support import LOCATION, LoopbackEmulator, queue_path, start_emulator_command
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
@@ -274,24 +273,6 @@ def test_bad_settings_are_refused_at_once(emulator: LoopbackEmulator) -> None:
 
 
 # ----- the command line -----
-
-
-def start_emulator_command(*arguments: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "localcloud", "emulator", *arguments],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(process.stdout.readline() if process.stdout else ""), daemon=True).start()
-    try:
-        return process, lines.get(timeout=60)
-    except queue.Empty:
-        process.kill()
-        raise AssertionError("the emulator printed no ready line within 60 s") from None
 
 
 def test_the_emulator_command_injects_latency() -> None:

@@ -1,7 +1,7 @@
 """Resource names of Cloud Tasks: `projects/P/locations/L`, `.../queues/Q`, `.../queues/Q/tasks/T`.
 
 Rules from the API docs (queue.py / task.py): PROJECT_ID letters, digits, hyphens, colons, periods; QUEUE_ID
-letters, digits, hyphens, at most 100 characters; TASK_ID letters, digits, hyphens, underscores, at most 500.
+and TASK_ID as contract.cloud_tasks has them.
 A malformed name is INVALID_ARGUMENT, never NOT_FOUND: Cloud Tasks checks the format before looking anything up.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
+from contract import cloud_tasks
 from localcloud.emulator.errors import invalid_argument
 
 __all__ = [
@@ -22,9 +23,9 @@ __all__ = [
 
 _LOCATION = r"projects/[A-Za-z0-9.:-]{1,100}/locations/[A-Za-z0-9_-]{1,100}"
 _LOCATION_RE = re.compile(_LOCATION)
-_QUEUE_RE = re.compile(rf"(?P<parent>{_LOCATION})/queues/(?P<id>[A-Za-z0-9-]{{1,100}})")
+_QUEUE_RE = re.compile(rf"(?P<parent>{_LOCATION})/queues/(?P<id>{cloud_tasks.QUEUE_ID.pattern})")
 _TASK_NAME_RE = re.compile(rf"(?P<queue>{_LOCATION}/queues/[^/]*)/tasks/(?P<id>[^/]*)")
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
+_TASK_ID_RE = cloud_tasks.TASK_ID
 
 _LOCATION_FORMAT = "projects/<PROJECT_ID>/locations/<LOCATION_ID>"
 _QUEUE_FORMAT = _LOCATION_FORMAT + "/queues/<QUEUE_ID>"

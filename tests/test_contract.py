@@ -1,0 +1,77 @@
+"""contract/: the queue table the stack writes and the handler reads, and the retry law's stopping rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from contract import handler_env
+from contract.handler_env import QueueEntry, QueueTableError, decode_queue_table, encode_queue_table
+from contract.retry import RetryPolicy, retry_allowed, retrying_stops
+
+
+def test_the_queue_table_reads_back_what_the_stack_writes() -> None:
+    table = {
+        "tasks-dev-default-a1b2c3": QueueEntry("default", max_attempts=5, dispatch_deadline_seconds=600.0),
+        "tasks-dev-emails-d4e5f6": QueueEntry("emails", max_attempts=-1),
+    }
+    text = encode_queue_table(table)
+    assert json.loads(text)["tasks-dev-default-a1b2c3"] == {
+        "key": "default",
+        "maxAttempts": 5,
+        "dispatchDeadlineSeconds": 600.0,
+    }
+    assert decode_queue_table(text) == table
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"q": []}',
+        '{"q": {"key": "k"}}',
+        '{"q": {"key": "k", "maxAttempts": true}}',
+        '{"q": {"key": "k", "maxAttempts": -2}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "dispatchDeadlineSeconds": 0}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "dispatchDeadlineSeconds": "600"}}',
+    ],
+)
+def test_a_table_of_another_shape_is_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(QueueTableError, match=f"^{handler_env.QUEUES}: expected "):
+        decode_queue_table(text)
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "max_retry_duration", "attempts", "retried_for", "stops"),
+    [
+        (5, 0.0, 4, 100.0, False),  # attempts left, no duration limit
+        (5, 0.0, 5, 0.0, True),  # attempts used up, no duration limit
+        (-1, 60.0, 1000, 30.0, False),  # unlimited attempts, time left
+        (-1, 60.0, 1, 60.0, True),  # unlimited attempts, time used up
+        (5, 60.0, 5, 30.0, False),  # both set: stops only when both are used up
+        (5, 60.0, 3, 90.0, False),
+        (5, 60.0, 5, 60.0, True),
+        (-1, 0.0, 10**6, 10**6, False),  # both unlimited: only the task's retention ends it
+    ],
+)
+def test_retrying_stops_only_when_every_limit_in_force_is_used_up(
+    max_attempts: int, max_retry_duration: float, attempts: int, retried_for: float, stops: bool
+) -> None:
+    policy = RetryPolicy(max_attempts=max_attempts, max_retry_duration=max_retry_duration)
+    assert retrying_stops(policy, attempts=attempts, retried_for=retried_for) is stops
+
+
+def test_a_caller_that_cannot_tell_the_duration_treats_it_as_used_up() -> None:
+    """The handler does not know when the first attempt ran: it errs toward recording the task."""
+    policy = RetryPolicy(max_attempts=5, max_retry_duration=60.0)
+    assert retrying_stops(policy, attempts=5, retried_for=None) is True
+    assert retrying_stops(policy, attempts=4, retried_for=None) is False
+    assert retrying_stops(RetryPolicy(max_attempts=5), attempts=5, retried_for=None) is True
+
+
+def test_the_task_retention_ends_retries_whatever_the_limits() -> None:
+    unlimited = RetryPolicy(max_attempts=-1, max_retry_duration=0.0)
+    assert retry_allowed(unlimited, attempts=10, first_dispatch=0.0, created=0.0, failed_at=30 * 86400.0)
+    assert not retry_allowed(unlimited, attempts=10, first_dispatch=0.0, created=0.0, failed_at=31 * 86400.0)
