@@ -59,7 +59,8 @@ sys.path.insert(0, str(ROOT))
 PROGRAMS = {"real": ROOT / "__main__.py", "minimal": Path(__file__).resolve().parent / "minimal_program.py"}
 FLAT_FACTOR = 1.5
 # Simple settings every generated queue gets: enough to fill the queue's retry and rate arguments.
-QUEUE_SETTINGS = {"retry": {"maxAttempts": 5}, "rateLimits": {"maxDispatchesPerSecond": 10}}
+# The retry window outlasts IAM propagation (420 s), as settings require.
+QUEUE_SETTINGS = {"retry": {"maxAttempts": 5, "maxRetryDuration": "600s"}, "rateLimits": {"maxDispatchesPerSecond": 10}}
 COMPONENT_PREFIX = "cloudrun-tasks:"
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from contract import cloud_run, cloud_tasks, handler_env
+from contract import retry as retry_law
 
 NAMESPACE = "cloudrun-tasks"
 
@@ -33,7 +35,7 @@ MIN_CPU_FOR_MEMORY_GIB = ((24, 8), (16, 6), (8, 4), (4, 2))
 MIN_MEMORY_GIB_FOR_CPU = {"4": 2, "6": 4, "8": 4}
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 128, 32 * 1024
 
-PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers", "principalSet://goog/public:all")
 MEMBER_PREFIXES = ("user:", "serviceAccount:", "group:", "domain:", "principal:", "principalSet:")
 
 _DURATION = re.compile(r"[0-9]+(\.[0-9]{1,9})?s")
@@ -46,7 +48,43 @@ _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _PATH = re.compile(r"/[A-Za-z0-9\-._~/]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MEMORY = re.compile(r"([1-9][0-9]*)(Mi|Gi)")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+# --- IAM members, as the IAM "Principal identifiers" page writes them for allow policies
+# (cloud.google.com/iam/docs/principal-identifiers).
+_DNS_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+# Labels, dot-separated; the top-level one alphabetic or an IDN ("xn--") label. At most 253 characters.
+_DNS_DOMAIN = rf"(?:{_DNS_LABEL}\.)+(?:[A-Za-z]{{2,63}}|xn--[-A-Za-z0-9]{{1,59}})"
+_EMAIL = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]{{1,64}}@{_DNS_DOMAIN}")
+_DOMAIN = re.compile(_DNS_DOMAIN)
+_PROJECT_ID = PROJECT_ID_PATTERN.pattern
+# A GKE Kubernetes service account: serviceAccount:PROJECT_ID.svc.id.goog[NAMESPACE/KSA].
+_KUBERNETES_SA = re.compile(rf"{_PROJECT_ID}\.svc\.id\.goog\[[a-z0-9-]{{1,63}}/[a-z0-9.-]{{1,253}}\]")
+# A workload pool's id is 4-32 lowercase letters, digits and hyphens (GKE's is PROJECT_ID.svc.id.goog); a
+# workforce pool's 6-63, starting with a letter. Pools live in "global" only.
+_POOL = (
+    rf"(?:projects/[0-9]{{1,19}}/locations/global/workloadIdentityPools/(?:[a-z0-9-]{{4,32}}|{_PROJECT_ID}\.svc\.id\.goog)"
+    r"|locations/global/workforcePools/[a-z][-a-z0-9]{4,61}[a-z0-9])"
+)
+# Attribute values (google.subject and the rest) are at most 127 bytes; a subject may hold '/' and ':'.
+_ATTRIBUTE_VALUE = r"\S{1,127}"
+_PRINCIPAL = re.compile(
+    rf"principal://iam\.googleapis\.com/{_POOL}/subject/{_ATTRIBUTE_VALUE}|principal://goog/subject/{_EMAIL.pattern}"
+)
+_PRINCIPAL_SET = re.compile(
+    rf"principalSet://iam\.googleapis\.com/{_POOL}/(?:group/[^\s/]+|attribute\.[a-z0-9_]{{1,100}}/{_ATTRIBUTE_VALUE}|\*)"
+)
+PRINCIPAL_RULE = (
+    "is not a principal identifier this stack grants to; use"
+    " principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/subject/SUBJECT,"
+    " principal://iam.googleapis.com/locations/global/workforcePools/POOL/subject/SUBJECT,"
+    " principal://goog/subject/EMAIL, or principalSet://iam.googleapis.com/<one of those pools>/"
+    "group/GROUP, .../attribute.NAME/VALUE or .../*"
+)
+# principalSet://cloudresourcemanager.googleapis.com/{organizations,folders,projects}/N/type/ServiceAccount
+# means every service account there, which may be anyone's; this stack grants to named identities and
+# identity-pool sets only.
+_RESOURCE_SET_PREFIX = "principalSet://cloudresourcemanager.googleapis.com/"
+_RESOURCE_SET_KINDS = {"organizations": "an organization", "folders": "a folder", "projects": "a project"}
 
 
 class Ingress(StrEnum):
@@ -110,6 +148,36 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class ProbeSettings:
+    """The timing of a Cloud Run startup or liveness probe, in whole seconds."""
+
+    initial_delay_seconds: int
+    period_seconds: int
+    timeout_seconds: int
+    failure_threshold: int
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An env var whose value Cloud Run reads from Secret Manager at start-up."""
+
+    name: str
+    secret: str  # the secret id
+    project: str | None  # None: the stack's project
+    version: str  # "latest" or a version number
+
+
+@dataclass(frozen=True)
+class VpcEgress:
+    """Direct VPC egress: the network interface the service sends through."""
+
+    network: str | None
+    subnetwork: str | None
+    egress: str  # PRIVATE_RANGES_ONLY or ALL_TRAFFIC
+    network_tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     name: str
     image: str
@@ -123,6 +191,12 @@ class ServiceSettings:
     memory: str
     service_account_id: str
     env: tuple[tuple[str, str], ...]
+    cpu_always_allocated: bool
+    startup_cpu_boost: bool
+    startup_probe: ProbeSettings
+    liveness_probe: ProbeSettings
+    secret_env: tuple[SecretEnv, ...]
+    vpc: VpcEgress | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +209,7 @@ class Settings:
     service: ServiceSettings
     queues: tuple[QueueSettings, ...]
     default_queue: str
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key; the stack's own two among them
     warnings: tuple[str, ...] = ()
 
     def queue(self, key: str) -> QueueSettings:
@@ -280,11 +355,20 @@ def _show(value: Any) -> str:
 
 
 def member_problem(member: Any) -> str | None:
-    """Why `member` cannot be granted a role by this stack, or None when it can."""
+    """Why `member` cannot be granted a role by this stack, or None when it can: each member kind is checked
+    against its grammar on IAM's "Principal identifiers" page, so nothing rides along after a valid prefix."""
     if not isinstance(member, str):
         return f"expected an IAM member string, got {_show(member)}"
+    if any(c.isspace() or not c.isprintable() for c in member):
+        return f"{member!r} has whitespace or a control character; a member is one identifier without either"
     if member in PUBLIC_MEMBERS or member.split(":", 1)[-1] in PUBLIC_MEMBERS:
-        return f"{member!r} is public; this stack never grants roles to {' or '.join(PUBLIC_MEMBERS)}"
+        return f"{member!r} is public; this stack never grants roles to {', '.join(PUBLIC_MEMBERS)}"
+    if member.startswith(_RESOURCE_SET_PREFIX):
+        kind = _RESOURCE_SET_KINDS.get(member[len(_RESOURCE_SET_PREFIX) :].split("/", 1)[0], "a resource")
+        return (
+            f"{member!r} names every service account of {kind}; this stack grants roles to named identities"
+            " and identity-pool sets only (list the service accounts instead)"
+        )
     prefix = next((p for p in MEMBER_PREFIXES if member.startswith(p)), None)
     if prefix is None:
         return (
@@ -292,10 +376,21 @@ def member_problem(member: Any) -> str | None:
             f"{', '.join(MEMBER_PREFIXES)} (e.g. serviceAccount:api@my-project.iam.gserviceaccount.com)"
         )
     identity = member[len(prefix) :]
-    if prefix in ("user:", "serviceAccount:", "group:") and not _EMAIL.fullmatch(identity):
+    if prefix in ("user:", "group:") and not _EMAIL.fullmatch(identity):
         return f"{member!r}: {prefix[:-1]} members need an email address after the prefix"
+    if prefix == "serviceAccount:" and not (_EMAIL.fullmatch(identity) or _KUBERNETES_SA.fullmatch(identity)):
+        return (
+            f"{member!r}: serviceAccount members need an email address after the prefix"
+            " (or a Kubernetes service account, PROJECT_ID.svc.id.goog[NAMESPACE/NAME])"
+        )
     if not identity:
         return f"{member!r}: nothing after the {prefix!r} prefix"
+    if prefix == "domain:" and not (_DOMAIN.fullmatch(identity) and len(identity) <= 253):
+        return f"{member!r}: domain members need a DNS domain after the prefix, such as example.com"
+    if prefix == "principal:" and not _PRINCIPAL.fullmatch(member):
+        return f"{member!r} {PRINCIPAL_RULE}"
+    if prefix == "principalSet:" and not _PRINCIPAL_SET.fullmatch(member):
+        return f"{member!r} {PRINCIPAL_RULE}"
     return None
 
 
@@ -307,6 +402,7 @@ PROJECT_KEYS = (
     "invokerServiceAccountId",
     "enqueuers",
     "defaultQueue",
+    "labels",
     "service",
     "queues",
 )
@@ -324,7 +420,15 @@ SERVICE_KEYS = (
     "memory",
     "serviceAccountId",
     "env",
+    "secretEnv",
+    "cpuAlwaysAllocated",
+    "startupCpuBoost",
+    "probes",
+    "vpc",
 )
+PROBES_KEYS = ("startup", "liveness")
+PROBE_KEYS = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
+VPC_KEYS = ("network", "subnetwork", "egress", "networkTags")
 QUEUE_KEYS = (
     "path",
     "dispatchDeadline",
@@ -341,10 +445,70 @@ RETRY_KEYS = ("maxAttempts", "maxRetryDuration", "minBackoff", "maxBackoff", "ma
 DEFAULT_IMAGE = "us-docker.pkg.dev/cloudrun/container/hello"
 # Env vars Cloud Run sets itself, or that the component sets for the handler: never user-supplied.
 RESERVED_ENV = (*handler_env.CLOUD_RUN_SET, *handler_env.STACK_SET)
+# Nor any name the stack owns (handler_env.STACK_PREFIX: the handler reads them; one would switch token checks
+# off, another point them at someone else's signing keys), nor these:
+# - loader variables: LD_* for the dynamic linker (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT) and PYTHON* for the
+#   interpreter (PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, ...) change what code the container runs; linker and
+#   interpreter options belong in the image.
+# - credential and trust variables, which change who the service is or whom it trusts: ADC's key file
+#   (GOOGLE_APPLICATION_CREDENTIALS; the runtime account is the service's identity), gcloud's settings
+#   (CLOUDSDK_*), the metadata server google-auth takes tokens from (GCE_METADATA_HOST, GCE_METADATA_IP,
+#   GCE_METADATA_ROOT), and the CA bundles of OpenSSL, requests, curl and gRPC.
+# Proxy variables stay allowed: egress through a proxy is a real need, and a proxy cannot forge the
+# Google-signed tokens the handler checks (set NO_PROXY=metadata.google.internal,169.254.169.254 with them).
+LOADER_ENV_PREFIXES = ("LD_", "PYTHON")
+TRUST_ENV_PREFIXES = ("CLOUDSDK_",)
+TRUST_ENV = (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GCE_METADATA_HOST",
+    "GCE_METADATA_IP",
+    "GCE_METADATA_ROOT",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+)
+
+# Direct VPC egress (Cloud Run "Direct VPC egress with a VPC network"): what leaves through the network.
+VPC_EGRESS_CHOICES = ("PRIVATE_RANGES_ONLY", "ALL_TRAFFIC")
+_NETWORK_NAME = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"  # RFC 1035, as every Compute Engine name
+_NETWORK = re.compile(rf"{_NETWORK_NAME}|projects/{_PROJECT_ID}/global/networks/{_NETWORK_NAME}")
+_SUBNETWORK = re.compile(
+    rf"{_NETWORK_NAME}|projects/{_PROJECT_ID}/regions/(?P<region>[a-z]+-[a-z]+[0-9]+)/subnetworks/{_NETWORK_NAME}"
+)
+_NETWORK_TAG = re.compile(_NETWORK_NAME)
+
+# Secret Manager: a secret id is 1-255 letters, digits, '-' and '_'; a version "latest" or a number from 1.
+_SECRET_ID = r"[A-Za-z0-9_-]{1,255}"
+_SECRET_VERSION = r"latest|[1-9][0-9]{0,18}"
+_SECRET_SHORT = re.compile(rf"(?P<secret>{_SECRET_ID})(?::(?P<version>{_SECRET_VERSION}))?")
+_SECRET_PATH = re.compile(
+    rf"projects/(?P<project>{_PROJECT_ID}|[0-9]{{1,19}})/secrets/(?P<secret>{_SECRET_ID})"
+    rf"(?:/versions/(?P<version>{_SECRET_VERSION}))?"
+)
+SECRET_RULE = (
+    "is not a Secret Manager secret: SECRET_ID, SECRET_ID:VERSION, projects/PROJECT/secrets/SECRET_ID or"
+    " projects/PROJECT/secrets/SECRET_ID/versions/VERSION (an id is 1-255 letters, digits, '-', '_';"
+    " a version is latest or a number from 1)"
+)
+
+# Labels (Resource Manager "Requirements for labels"): at most 64 on a resource; keys 1-63 and values 0-63
+# characters of lowercase letters, international characters, digits, '_' and '-'; a key starts with a
+# lowercase letter or an international character.
+MAX_LABELS = 64
+MAX_LABEL_LENGTH = 63
+MANAGED_BY_LABEL = "managed-by"
+STACK_LABEL = "stack"
+MANAGED_BY = "cloudrun-tasks"
 
 
-def load_settings(config: Mapping[str, str], stack: str) -> Settings:
-    """Typed settings from the raw config map the CLI passes, or SettingsError with every problem."""
+def load_settings(config: Mapping[str, str], stack: str, *, secret_keys: Collection[str] = ()) -> Settings:
+    """Typed settings from the raw config map the CLI passes, or SettingsError with every problem.
+
+    `secret_keys` are the full config keys the CLI marks secret (`secret_config_keys()`); a value under one
+    of them may not end up in plain text on the service (env values, labels).
+    """
     problems: list[str] = []
     project = _gcp_key(config, "project", PROJECT_ID_PATTERN, "is not a Google Cloud project id", problems)
     location = _gcp_key(config, "region", _REGION, "is not a region such as europe-west1", problems)
@@ -365,7 +529,9 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
         ),
     )
     queues = _queues(top, prefix, enqueuers, scale.capacity, problems)
-    service = _service(service_reader, prefix, queues, scale)
+    service = _service(service_reader, prefix, queues, scale, location)
+    labels = _labels(top, stack)
+    _check_secret_sources(secret_keys, service, labels, problems)
     invoker_id = top.matching(
         "invokerServiceAccountId", _derived(prefix, "-invoker"), SERVICE_ACCOUNT_ID_PATTERN, SERVICE_ACCOUNT_ID_RULE
     )
@@ -390,8 +556,29 @@ def load_settings(config: Mapping[str, str], stack: str) -> Settings:
         service=service,
         queues=tuple(queues),
         default_queue=default_queue,
+        labels=labels,
         warnings=tuple(_capacity_warnings(queues, scale.capacity)),
     )
+
+
+def _check_secret_sources(
+    secret_keys: Collection[str], service: ServiceSettings, labels: tuple[tuple[str, str], ...], problems: list[str]
+) -> None:
+    """`pulumi config set --secret --path service.env.X` marks the whole `service` key secret: its env values
+    would then be stored in plain text on the Cloud Run revision, where anyone who can view the service reads
+    them. Secrets belong in Secret Manager, named in service.secretEnv."""
+    if f"{NAMESPACE}:service" in secret_keys and service.env:
+        problems.append(
+            f"service.env: {NAMESPACE}:service is a secret config value, and its {len(service.env)} env"
+            " value(s) would be stored in plain text on the Cloud Run service; put the secret in Secret Manager"
+            " and name it in service.secretEnv, and keep service free of secret config values"
+        )
+    user_labels = [key for key, _ in labels if key not in (MANAGED_BY_LABEL, STACK_LABEL)]
+    if f"{NAMESPACE}:labels" in secret_keys and user_labels:
+        problems.append(
+            f"labels: {NAMESPACE}:labels is a secret config value, and labels are plain text on every"
+            " resource they mark; set them without --secret"
+        )
 
 
 SERVICE_ACCOUNT_ID_RULE = (
@@ -530,20 +717,22 @@ def _positive_rate(rates: _Reader) -> float:
     rate = rates.number(
         "maxDispatchesPerSecond",
         cloud_tasks.DEFAULT_DISPATCHES_PER_SECOND,
-        0.0,
+        -math.inf,
         cloud_tasks.MAX_DISPATCHES_PER_SECOND,
         "Cloud Tasks limit per queue",
     )
+    at, lowest = rates._at("maxDispatchesPerSecond"), cloud_tasks.MIN_DISPATCHES_PER_SECOND_TEXT
     if rate == 0:
-        rates.problems.append(
-            f"{rates._at('maxDispatchesPerSecond')}: 0 would never dispatch; it must be above 0 (pause a queue instead)"
-        )
+        rates.problems.append(f"{at}: 0 would never dispatch; the slowest rate is {lowest} (pause a queue instead)")
+    elif rate < cloud_tasks.MIN_DISPATCHES_PER_SECOND:
+        rates.problems.append(f"{at}: {_number(rate)} is below the minimum of {lowest}; pause a queue instead")
     return rate
 
 
 def _retry(r: _Reader) -> RetryPolicy:
     # Defaults are Cloud Tasks' own, so behaviour matches Google's documentation.
     retention = cloud_tasks.TASK_RETENTION_S
+    problems_before = len(r.problems)
     policy = RetryPolicy(
         max_attempts=r.integer(
             "maxAttempts",
@@ -575,16 +764,45 @@ def _retry(r: _Reader) -> RetryPolicy:
             f"{r.path}: maxAttempts -1 with maxRetryDuration 0s retries a failing task for the whole"
             ' 31-day retention; bound one of them (e.g. maxRetryDuration: "86400s")'
         )
+    if len(r.problems) == problems_before:
+        _check_retry_window(r, policy)
     return policy
 
 
-def _service(s: _Reader, prefix: str | None, queues: list[QueueSettings], scale: _Scale) -> ServiceSettings:
+def _check_retry_window(r: _Reader, policy: RetryPolicy) -> None:
+    """A queue must keep retrying for as long as a new IAM binding can take to apply: until the invoker's
+    run.invoker grant has, Cloud Run answers 401/403, and a queue whose retries end sooner drops the first
+    tasks after a first deploy."""
+    window = retry_law.retry_window(
+        retry_law.RetryPolicy(
+            max_attempts=policy.max_attempts,
+            max_retry_duration=float(policy.max_retry_duration.seconds),
+            min_backoff=float(policy.min_backoff.seconds),
+            max_backoff=float(policy.max_backoff.seconds),
+            max_doublings=policy.max_doublings,
+        )
+    )
+    least = _seconds(cloud_run.IAM_PROPAGATION_S)
+    if window < cloud_run.IAM_PROPAGATION_S:
+        r.problems.append(
+            f"{r.path}: a task that keeps failing is retried for {_seconds(round(window, 3))} after its first"
+            f" attempt, less than the {least} new IAM bindings can take to apply (IAM access change propagation),"
+            " so the first tasks after a first deploy would be refused (401/403) and dropped; widen the window to"
+            f' at least {least}: more maxAttempts, a higher maxBackoff, or maxRetryDuration: "{least}"'
+        )
+
+
+def _service(
+    s: _Reader, prefix: str | None, queues: list[QueueSettings], scale: _Scale, location: str
+) -> ServiceSettings:
     cpu = s.choice("cpu", "1", CPU_CHOICES)
     memory = s.matching("memory", "512Mi", _MEMORY, "is not a memory size such as 512Mi or 2Gi")
     _check_cpu_memory(s, cpu, memory)
     min_instances = s.integer("minInstances", 0, 0, 1000, "0 scales to zero")
     if min_instances > scale.max_instances:
         s.problems.append(f"service.minInstances: {min_instances} is above maxInstances {scale.max_instances}")
+    env = _env(s)
+    probes = s.child("probes", PROBES_KEYS)
     return ServiceSettings(
         name=s.matching(
             "name",
@@ -604,7 +822,16 @@ def _service(s: _Reader, prefix: str | None, queues: list[QueueSettings], scale:
         service_account_id=s.matching(
             "serviceAccountId", _derived(prefix, "-run"), SERVICE_ACCOUNT_ID_PATTERN, SERVICE_ACCOUNT_ID_RULE
         ),
-        env=_env(s),
+        env=env,
+        # CPU only while a request runs (Cloud Run's request-based billing): tasks are requests, so nothing
+        # runs between them, and an idle instance costs nothing.
+        cpu_always_allocated=s.flag("cpuAlwaysAllocated", False),
+        # More CPU while an instance starts shortens cold starts, which a burst of tasks meets first.
+        startup_cpu_boost=s.flag("startupCpuBoost", True),
+        startup_probe=_probe(probes.child("startup", PROBE_KEYS), cloud_run.MAX_STARTUP_PROBE_S, startup=True),
+        liveness_probe=_probe(probes.child("liveness", PROBE_KEYS), cloud_run.MAX_LIVENESS_PROBE_S, startup=False),
+        secret_env=_secret_env(s, {name for name, _ in env}),
+        vpc=_vpc(s, location),
     )
 
 
@@ -651,15 +878,189 @@ def _env(s: _Reader) -> tuple[tuple[str, str], ...]:
     env = []
     for name, value in raw.items():
         where = f"service.env.{shown_key(name)}"
-        if not _ENV_NAME.fullmatch(name):
-            s.problems.append(f"{where}: not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        elif name in RESERVED_ENV:
-            s.problems.append(f"{where}: reserved; Cloud Run or this stack sets it")
+        problem = env_name_problem(name)
+        if problem:
+            s.problems.append(f"{where}: {problem}")
         elif not isinstance(value, str):
             s.problems.append(f"{where}: expected a string, got {_show(value)} (quote numbers and booleans)")
+        elif control := _control_character(value):
+            s.problems.append(f"{where}: {control}")
         else:
             env.append((name, value))
     return tuple(env)
+
+
+def env_name_problem(name: str) -> str | None:
+    """Why `name` may not be set from service.env or service.secretEnv, or None when it may."""
+    if not _ENV_NAME.fullmatch(name):
+        return "not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+    if name in RESERVED_ENV:
+        return "reserved; Cloud Run or this stack sets it"
+    if name.startswith(handler_env.STACK_PREFIX):
+        return f"the stack owns every {handler_env.STACK_PREFIX}* name (the handler reads them); choose another name"
+    if name.startswith(LOADER_ENV_PREFIXES):
+        return (
+            f"{name} is a loader variable ({', '.join(p + '*' for p in LOADER_ENV_PREFIXES)}), which changes what"
+            " code the container runs; set linker and interpreter options in the image"
+        )
+    if name in TRUST_ENV or name.startswith(TRUST_ENV_PREFIXES):
+        return (
+            f"{name} sets the service's credentials or the certificates it trusts; the runtime service"
+            " account is the service's identity, and the image's CA store its trust"
+        )
+    return None
+
+
+def _control_character(value: str) -> str | None:
+    """A value with a C0 control character or DEL: a line break or NUL in an env value splits or truncates it
+    on its way into the container. The value itself is not shown (it may be meant to be private)."""
+    for position, char in enumerate(value):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return (
+                f"the value has control character U+{ord(char):04X} at position {position}; values are text"
+                " without C0 control characters or DEL"
+            )
+    return None
+
+
+def _secret_env(s: _Reader, plain: set[str]) -> tuple[SecretEnv, ...]:
+    raw = s._get("secretEnv", (dict,), "an object of NAME: secret strings", {})
+    found = []
+    for name, reference in raw.items():
+        where = f"service.secretEnv.{shown_key(name)}"
+        problem = env_name_problem(name)
+        if problem:
+            s.problems.append(f"{where}: {problem}")
+        elif name in plain:
+            s.problems.append(f"{where}: also set in service.env; a variable takes its value from one of the two")
+        elif not isinstance(reference, str):
+            s.problems.append(f"{where}: expected a string naming a secret, got {_show(reference)}")
+        elif match := _SECRET_SHORT.fullmatch(reference) or _SECRET_PATH.fullmatch(reference):
+            groups = match.groupdict()
+            found.append(
+                SecretEnv(
+                    name=name,
+                    secret=groups["secret"],
+                    project=groups.get("project"),
+                    # Cloud Run resolves "latest" when an instance starts: a new version reaches new instances.
+                    version=groups["version"] or "latest",
+                )
+            )
+        else:
+            s.problems.append(f"{where}: {reference!r} {SECRET_RULE}")
+    return tuple(found)
+
+
+def _probe(p: _Reader, longest: int, *, startup: bool) -> ProbeSettings:
+    """A probe's timing. Defaults are Cloud Run's own for a probe that sets none: every 10 s, 1 s to answer,
+    3 failures in a row, from the start (a startup budget of 30 s, ample for the handler's image)."""
+    limit = f"Cloud Run {'startup' if startup else 'liveness'} probe limit"
+    probe = ProbeSettings(
+        initial_delay_seconds=p.integer(
+            "initialDelaySeconds", cloud_run.DEFAULT_PROBE_INITIAL_DELAY_S, 0, longest, limit
+        ),
+        period_seconds=p.integer("periodSeconds", cloud_run.DEFAULT_PROBE_PERIOD_S, 1, longest, limit),
+        timeout_seconds=p.integer("timeoutSeconds", cloud_run.DEFAULT_PROBE_TIMEOUT_S, 1, longest, limit),
+        failure_threshold=p.integer(
+            "failureThreshold", cloud_run.DEFAULT_PROBE_FAILURE_THRESHOLD, 1, cloud_tasks.MAX_INT32, "at least 1"
+        ),
+    )
+    if probe.timeout_seconds > probe.period_seconds:
+        p.problems.append(
+            f"{p.path}.timeoutSeconds: {probe.timeout_seconds} is above periodSeconds {probe.period_seconds};"
+            " Cloud Run needs a probe's period to be at least its timeout"
+        )
+    budget = probe.initial_delay_seconds + probe.period_seconds * probe.failure_threshold
+    if startup and budget > longest:
+        p.problems.append(
+            f"{p.path}: initialDelaySeconds + periodSeconds x failureThreshold is {budget}s, above the {longest}s"
+            " Cloud Run gives a container to start; lower the period or the threshold"
+        )
+    return probe
+
+
+def _vpc(s: _Reader, location: str) -> VpcEgress | None:
+    if s.value.get("vpc") is None:
+        return None
+    v = s.child("vpc", VPC_KEYS)
+    network = v.matching("network", None, _NETWORK, "is not a VPC network: a name or projects/P/global/networks/N")
+    subnetwork = v.matching(
+        "subnetwork", None, _SUBNETWORK, "is not a subnetwork: a name or projects/P/regions/R/subnetworks/S"
+    )
+    if isinstance(s.value.get("vpc"), Mapping) and v.value.get("network") is None and v.value.get("subnetwork") is None:
+        v.problems.append(f"{v.path}: set network, subnetwork or both (the interface Direct VPC egress sends through)")
+    in_region = _SUBNETWORK.fullmatch(subnetwork)
+    region = in_region["region"] if in_region else None
+    if region and location and region != location:
+        v.problems.append(
+            f"{v.path}.subnetwork: {subnetwork!r} is in {region}; Direct VPC egress needs a subnetwork in the"
+            f" service's region, {location}"
+        )
+    return VpcEgress(
+        network=network or None,
+        subnetwork=subnetwork or None,
+        # Only private addresses go through the network; public ones keep Cloud Run's own, faster path.
+        egress=v.choice("egress", "PRIVATE_RANGES_ONLY", VPC_EGRESS_CHOICES),
+        network_tags=_network_tags(v),
+    )
+
+
+def _network_tags(v: _Reader) -> tuple[str, ...]:
+    raw = v._get("networkTags", (list,), "a list of network tags", [])
+    tags = []
+    for i, tag in enumerate(raw):
+        if isinstance(tag, str) and _NETWORK_TAG.fullmatch(tag):
+            tags.append(tag)
+        else:
+            v.problems.append(
+                f"{v.path}.networkTags[{i}]: {_show(tag)} is not a network tag (1-63 lowercase letters, digits"
+                " and hyphens; starts with a letter, ends with a letter or digit)"
+            )
+    return tuple(dict.fromkeys(tags))
+
+
+def _labels(top: _Reader, stack: str) -> tuple[tuple[str, str], ...]:
+    """The user's labels and the stack's own two (who manages a resource, and which stack), sorted by key."""
+    stack_value = re.sub(r"[^a-z0-9_-]", "-", stack.lower())[:MAX_LABEL_LENGTH]
+    own = {MANAGED_BY_LABEL: MANAGED_BY, STACK_LABEL: stack_value}
+    raw = top._get("labels", (dict,), "an object of key: value strings", {})
+    labels = dict(own)
+    for key, value in raw.items():
+        where = f"labels.{shown_key(key)}"
+        if key in own:
+            top.problems.append(f"{where}: set by the stack ({key}: {own[key]}); choose another key")
+        elif problem := _label_problem(key, is_key=True):
+            top.problems.append(f"{where}: the key {problem}")
+        elif not isinstance(value, str):
+            top.problems.append(f"{where}: expected a string, got {_show(value)} (quote numbers and booleans)")
+        elif problem := _label_problem(value, is_key=False):
+            top.problems.append(f"{where}: the value {problem}")
+        else:
+            labels[key] = value
+    if len(raw) + len(own) > MAX_LABELS:
+        top.problems.append(
+            f"labels: {len(raw)} labels and the stack's {len(own)} ({', '.join(own)}) are more than the"
+            f" {MAX_LABELS} Google allows on a resource"
+        )
+    return tuple(sorted(labels.items()))
+
+
+def _label_problem(text: str, *, is_key: bool) -> str | None:
+    shortest = 1 if is_key else 0
+    starts = "; starts with a lowercase letter or an international character" if is_key else ""
+    rule = f"{shortest}-{MAX_LABEL_LENGTH} lowercase letters, international characters, digits, '_' and '-'{starts}"
+    if not shortest <= len(text) <= MAX_LABEL_LENGTH or not all(_label_character(c) for c in text):
+        return f"{text!r} is not a label {'key' if is_key else 'value'} ({rule})"
+    if is_key and unicodedata.category(text[0]) not in ("Ll", "Lo"):
+        return f"{text!r} is not a label key ({rule})"
+    return None
+
+
+def _label_character(char: str) -> bool:
+    # Ll: lowercase letters (a-z, é, ß). Google's "international characters": letters without case (Lo: CJK,
+    # Arabic), modifier letters (Lm: the Japanese long-vowel mark) and the combining marks of scripts such as
+    # Devanagari (Mn, Mc). Uppercase letters are never allowed.
+    return char in "_-" or ("0" <= char <= "9") or unicodedata.category(char) in ("Ll", "Lo", "Lm", "Mn", "Mc")
 
 
 def _capacity_warnings(queues: list[QueueSettings], capacity: int) -> list[str]:
@@ -678,14 +1079,28 @@ DEPLOYER_NAMESPACE = "cloudrun-tasks-deployer"
 DEFAULT_POOL_ID = "github"
 DEFAULT_PROVIDER_ID = "github"
 DEFAULT_DEPLOY_ACCOUNT_ID = "pulumi-deployer"
+DEFAULT_PREVIEW_ACCOUNT_ID = "pulumi-previewer"
 DEFAULT_DEPLOY_BRANCH = "main"
+# deployEnvironments has no default: which GitHub environments may deploy to a project is a decision
+# per project (dev's deployer must not accept prod's jobs, nor prod's dev's), never a guess.
 
-DEPLOYER_KEYS = ("repository", "deployBranch", "poolId", "providerId", "serviceAccountId")
+DEPLOYER_KEYS = (
+    "repository",
+    "deployBranch",
+    "deployEnvironments",
+    "poolId",
+    "providerId",
+    "serviceAccountId",
+    "previewServiceAccountId",
+)
 
 _OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 _REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _IDENTITY_ID = re.compile(r"[a-z0-9-]{4,32}")
 _BRANCH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# Narrower than GitHub's own rule (any name up to 255 characters): the name ends a principalSet member
+# after a ':' separator (components/deployer.py), so it keeps to characters with no meaning there.
+_ENVIRONMENT = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 REPOSITORY_RULE = (
     "is not a GitHub repository in owner/repo form (owner: 1-39 letters, digits and single inner"
@@ -693,6 +1108,11 @@ REPOSITORY_RULE = (
 )
 IDENTITY_ID_RULE = "must be 4-32 lowercase letters, digits and hyphens, not starting with 'gcp-' (reserved by Google)"
 BRANCH_RULE = "is not a branch name (letters, digits, '.', '_', '-', and '/' between parts; no '..')"
+ENVIRONMENT_RULE = (
+    "is not a GitHub environment name this stack accepts (1-255 letters, digits, '.', '_', '-'; spelled"
+    " exactly as the workflow's `environment:` names it)"
+)
+ENVIRONMENTS_HINT = "set it with `pulumi config set --path 'deployEnvironments[0]' <environment>`"
 
 
 def repository_problem(value: str) -> str | None:
@@ -716,14 +1136,42 @@ def branch_problem(value: str) -> str | None:
     return None if valid else f"{value!r} {BRANCH_RULE}"
 
 
+def environment_problem(value: str) -> str | None:
+    return None if _ENVIRONMENT.fullmatch(value) else f"{value!r} {ENVIRONMENT_RULE}"
+
+
+def deploy_environments_problems(raw: str | None) -> list[str]:
+    """Every problem with the deployEnvironments value as the CLI passes it (JSON text of a list)."""
+    key = "deployEnvironments"
+    if raw is None:
+        return [f"{key}: missing; the GitHub environments whose jobs may deploy to this project; {ENVIRONMENTS_HINT}"]
+    value = _decode(raw)
+    if not isinstance(value, list) or not value:
+        return [
+            f"{key}: expected a non-empty list of GitHub environment names, got {_show(value)}; {ENVIRONMENTS_HINT}"
+        ]
+    problems: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.append(f"{key}[{index}]: expected a GitHub environment name, got {_show(item)}")
+        elif (found := environment_problem(item)) is not None:
+            problems.append(f"{key}[{index}]: {found}")
+        elif item in value[:index]:
+            problems.append(f"{key}[{index}]: {item!r} is listed twice")
+    return problems
+
+
 @dataclass(frozen=True)
 class DeployerSettings:
     project: str
     repository: str  # "owner/repo", as GitHub spells it
     deploy_branch: str
+    # Jobs in these GitHub environments, on deploy_branch, may impersonate the deployer.
+    deploy_environments: tuple[str, ...]
     pool_id: str
     provider_id: str
     account_id: str
+    preview_account_id: str
 
 
 def load_deployer_settings(config: Mapping[str, str]) -> DeployerSettings:
@@ -750,14 +1198,23 @@ def load_deployer_settings(config: Mapping[str, str]) -> DeployerSettings:
     repository = values.get("repository", "")
     if not repository:
         problems.append("repository: missing; set it with `pulumi config set repository <owner>/<repo>`")
+    environments_problems = deploy_environments_problems(values.get("deployEnvironments"))
+    problems.extend(environments_problems)
     settings = DeployerSettings(
         project=project,
         repository=checked("repository", "", repository_problem) if repository else "",
         deploy_branch=checked("deployBranch", DEFAULT_DEPLOY_BRANCH, branch_problem),
+        deploy_environments=() if environments_problems else tuple(json.loads(values["deployEnvironments"])),
         pool_id=checked("poolId", DEFAULT_POOL_ID, identity_id_problem),
         provider_id=checked("providerId", DEFAULT_PROVIDER_ID, identity_id_problem),
         account_id=checked("serviceAccountId", DEFAULT_DEPLOY_ACCOUNT_ID, service_account_id_problem),
+        preview_account_id=checked("previewServiceAccountId", DEFAULT_PREVIEW_ACCOUNT_ID, service_account_id_problem),
     )
+    if settings.preview_account_id == settings.account_id:
+        problems.append(
+            f"previewServiceAccountId: {settings.preview_account_id!r} is also serviceAccountId; the read-only"
+            " preview account must be another account than the deployer"
+        )
     if problems:
         raise SettingsError(problems)
     return settings
@@ -772,3 +1229,15 @@ def stack_config() -> dict[str, str]:
     from pulumi.runtime import config as runtime_config
 
     return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+
+def secret_config_keys() -> frozenset[str]:
+    """The full config keys the CLI marks secret (for `load_settings(..., secret_keys=...)`).
+
+    A language host passes them in PULUMI_CONFIG_SECRET_KEYS or hands them to `set_all_config`, which keeps
+    them in-process; Pulumi's public getters read one and ask about the other key by key.
+    """
+    from pulumi.runtime import config as runtime_config
+
+    in_process = {key for key in stack_config() if runtime_config.is_config_secret(key)}
+    return frozenset({*runtime_config.get_config_secret_keys_env(), *in_process})

@@ -13,6 +13,11 @@ from typing import Final
 # --- rate limits (queue.py RateLimits) ---------------------------------------------------------------
 # "The maximum allowed value is 500", and the quotas page's fixed 500 dispatches/s per queue.
 MAX_DISPATCHES_PER_SECOND: Final = 500.0
+# No lower bound is documented (the field is a double, with no step either). queue.yaml's `rate`, which
+# "has the same meaning", is written N/s, N/m, N/h or N/d; this stack takes one dispatch a day (1/d) as the
+# slowest rate, and passes any rate from there to 500 as written. Below it a queue is better paused.
+MIN_DISPATCHES_PER_SECOND: Final = 1 / 86400
+MIN_DISPATCHES_PER_SECOND_TEXT: Final = "1/86400 (one dispatch a day)"
 # What a queue created without settings reports (creating-queues `describe` output).
 DEFAULT_DISPATCHES_PER_SECOND: Final = 500.0
 MAX_CONCURRENT_DISPATCHES: Final = 5000  # "The maximum allowed value is 5,000."

@@ -20,7 +20,8 @@ QUEUES: Final = "TASKS_QUEUES"
 INVOKER_EMAILS: Final = "TASKS_INVOKER_EMAILS"
 # "true" to verify OIDC tokens in the container (platforms that do not, e.g. Cloud Run for Anthos).
 VERIFY_OIDC: Final = "TASKS_VERIFY_OIDC"
-# The audience tokens must carry. Unset: the URL the request came to (scheme and host).
+# The audience tokens must carry: the service's deterministic URL, which the stack knows before the service
+# exists. Required when the handler verifies tokens: never derived from request headers, which a caller writes.
 OIDC_AUDIENCE: Final = "TASKS_OIDC_AUDIENCE"
 # Where the token signing certs are served ({kid: PEM}); Google's by default, the emulator's locally.
 OIDC_CERTS_URL: Final = "TASKS_OIDC_CERTS_URL"
@@ -29,8 +30,11 @@ PROJECT: Final = "GOOGLE_CLOUD_PROJECT"
 # Cloud Run sets PORT (and the K_* names) itself.
 PORT: Final = "PORT"
 CLOUD_RUN_SET: Final = (PORT, "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
+# Every name with this prefix is the stack's, set or not: the handler reads them (one switches token checks
+# on, one says where the signing keys are), so a user's `service.env` may set none of them.
+STACK_PREFIX: Final = "TASKS_"
 # What the stack sets: never taken from a user's `service.env`.
-STACK_SET: Final = (QUEUES, INVOKER_EMAILS, PROJECT)
+STACK_SET: Final = (QUEUES, INVOKER_EMAILS, OIDC_AUDIENCE, PROJECT)
 
 GOOGLE_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
 

@@ -13,6 +13,7 @@ in that conjunction; with both unlimited the 31-day task retention ends the retr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from contract.cloud_tasks import (
@@ -26,7 +27,7 @@ from contract.cloud_tasks import (
     UNLIMITED_RETRY_DURATION_S,
 )
 
-__all__ = ["DEFAULT_RETRY", "RetryPolicy", "backoff_delay", "retry_allowed", "retrying_stops"]
+__all__ = ["DEFAULT_RETRY", "RetryPolicy", "backoff_delay", "retry_allowed", "retry_window", "retrying_stops"]
 
 # Past this many doublings any positive min_backoff exceeds every representable max_backoff.
 _DOUBLING_CEILING = 1000
@@ -60,6 +61,46 @@ def backoff_delay(policy: RetryPolicy, failed_attempt: int) -> float:
     if linear_steps > 0:
         delay += linear_steps * policy.min_backoff * 2.0**policy.max_doublings
     return min(delay, policy.max_backoff)
+
+
+def retry_window(policy: RetryPolicy) -> float:
+    """Seconds from a task's first attempt to the last one the policy allows, when every attempt fails at once.
+
+    Retrying stops only when every configured limit is used up, so the window is the later of the attempt
+    limit's last attempt and max_retry_duration; with neither limit, the 31-day task retention ends it. The
+    attempt that crosses max_retry_duration is not counted, so a duration-bound window is a lower bound (by at
+    most one backoff), which is the safe side for a rule that the window be long enough.
+    """
+    ends: list[float] = []
+    if policy.max_attempts != UNLIMITED_ATTEMPTS:
+        ends.append(time_of_attempt(policy, policy.max_attempts))
+    if policy.max_retry_duration > UNLIMITED_RETRY_DURATION_S:
+        ends.append(policy.max_retry_duration)
+    return min(max(ends), TASK_RETENTION_S) if ends else TASK_RETENTION_S
+
+
+def time_of_attempt(policy: RetryPolicy, attempt: int) -> float:
+    """Seconds from the first attempt (at 0) to attempt number `attempt` when each one fails at once: the sum of
+    `backoff_delay` over the attempts before it, in closed form (max_attempts may be 2^31 - 1)."""
+    delays = attempt - 1
+    if delays <= 0 or policy.min_backoff <= 0:
+        return 0.0
+    total, failed = 0.0, 1
+    # Doubling: the cap is reached within some 60 doublings of any backoff this stack accepts.
+    while failed <= delays and failed - 1 <= min(policy.max_doublings, _DOUBLING_CEILING):
+        delay = backoff_delay(policy, failed)
+        if delay >= policy.max_backoff:
+            return total + (delays - failed + 1) * policy.max_backoff
+        total += delay
+        failed += 1
+    remaining = delays - failed + 1
+    if remaining <= 0:
+        return total
+    # Linear: the j-th delay after the doublings is step * (j + 1), until it reaches max_backoff.
+    step = policy.min_backoff * 2.0**policy.max_doublings
+    linear = min(remaining, max(0, math.ceil(policy.max_backoff / step) - 2))
+    total += step * (linear * (linear + 1) / 2 + linear)
+    return total + (remaining - linear) * policy.max_backoff
 
 
 def retrying_stops(policy: RetryPolicy, *, attempts: int, retried_for: float | None) -> bool:

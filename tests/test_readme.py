@@ -28,12 +28,14 @@ def constants(holder: type) -> set[str]:
 
 
 def test_configuration_table_lists_exactly_the_keys_the_settings_accept() -> None:
-    objects = ("rateLimits", "retry")  # documented through their fields
+    objects = ("rateLimits", "retry", "probes", "vpc")  # documented through their fields
     expected = {
         "gcp:project",
         "gcp:region",
         *s.PROJECT_KEYS,
-        *(f"service.{key}" for key in s.SERVICE_KEYS),
+        *(f"service.{key}" for key in s.SERVICE_KEYS if key not in objects),
+        *(f"service.probes.{probe}.{key}" for probe in s.PROBES_KEYS for key in s.PROBE_KEYS),
+        *(f"service.vpc.{key}" for key in s.VPC_KEYS),
         "queues.<name>",
         *(f"queues.<name>.{key}" for key in s.QUEUE_KEYS if key not in objects),
         *(f"queues.<name>.rateLimits.{key}" for key in s.RATE_LIMIT_KEYS),
@@ -52,6 +54,17 @@ BASELINE = s.load_settings(
     "dev",
 )
 QUEUE = BASELINE.queues[0]
+# With a network, for the defaults of the VPC egress fields.
+VPC = s.load_settings(
+    {
+        "gcp:project": "my-tasks-dev",
+        "gcp:region": "europe-west1",
+        "cloudrun-tasks:queues": '{"default": {}}',
+        "cloudrun-tasks:service": '{"vpc": {"network": "default"}}',
+    },
+    "dev",
+).service.vpc
+assert VPC is not None
 
 # README key -> the value the settings hold when the key is not set.
 DEFAULTS: dict[str, Any] = {
@@ -64,6 +77,21 @@ DEFAULTS: dict[str, Any] = {
     "service.concurrency": BASELINE.service.concurrency,
     "service.cpu": f'"{BASELINE.service.cpu}"',
     "service.memory": BASELINE.service.memory,
+    "service.cpuAlwaysAllocated": BASELINE.service.cpu_always_allocated,
+    "service.startupCpuBoost": BASELINE.service.startup_cpu_boost,
+    **{
+        f"service.probes.{kind}.{key}": getattr(probe, field)
+        for kind, probe in (("startup", BASELINE.service.startup_probe), ("liveness", BASELINE.service.liveness_probe))
+        for key, field in (
+            ("initialDelaySeconds", "initial_delay_seconds"),
+            ("periodSeconds", "period_seconds"),
+            ("timeoutSeconds", "timeout_seconds"),
+            ("failureThreshold", "failure_threshold"),
+        )
+    },
+    "service.vpc.egress": VPC.egress,
+    "service.vpc.networkTags": list(VPC.network_tags),
+    "service.secretEnv": dict(BASELINE.service.secret_env),
     "queues.<name>.path": QUEUE.path.replace("default", "<name>"),
     "queues.<name>.dispatchDeadline": str(QUEUE.dispatch_deadline),
     "queues.<name>.queueLevelRouting": QUEUE.queue_level_routing,

@@ -9,6 +9,7 @@ properties, so a property that fails names a new problem.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import itertools
 import json
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from components.settings import PROJECT_KEYS, QUEUE_KEYS, RATE_LIMIT_KEYS, RETRY_KEYS, SERVICE_KEYS, shown_key
+from contract.cloud_tasks import MIN_DISPATCHES_PER_SECOND
 from contract.handler_env import QueueEntry
 from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs, StackOutputsError
@@ -101,7 +103,7 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
     ("dispatchDeadline",): seconds(15, 1800),
     ("queueLevelRouting",): st.booleans(),
     ("logSamplingRatio",): st.floats(0, 1),
-    ("rateLimits", "maxDispatchesPerSecond"): st.floats(0, 500, exclude_min=True),
+    ("rateLimits", "maxDispatchesPerSecond"): st.floats(MIN_DISPATCHES_PER_SECOND, 500),
     ("rateLimits", "maxConcurrentDispatches"): st.integers(1, 5000),
     ("retry", "maxAttempts"): st.integers(1, 100),
     ("retry", "maxRetryDuration"): seconds(0, 2_678_400),
@@ -124,6 +126,33 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
     ("namePrefix",): st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
     ("deletionProtection",): st.booleans(),
     ("invokerServiceAccountId",): account_ids,
+    ("labels",): st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True),
+        st.from_regex(r"[a-z0-9_-]{0,8}", fullmatch=True),
+        max_size=3,
+    ),
+    ("secretEnv",): st.dictionaries(
+        st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True).filter(
+            lambda n: not n.startswith(("TASKS_", "LD_", "PYTHON"))
+        ),
+        st.sampled_from(["db-password", "api-key:3", "projects/other-proj/secrets/key/versions/latest"]),
+        max_size=2,
+    ),
+    ("cpuAlwaysAllocated",): st.booleans(),
+    ("startupCpuBoost",): st.booleans(),
+    ("probes",): st.fixed_dictionaries(
+        {},
+        optional={
+            "startup": st.fixed_dictionaries(
+                {}, optional={"periodSeconds": st.integers(1, 60), "failureThreshold": st.integers(1, 4)}
+            ),
+            "liveness": st.fixed_dictionaries({}, optional={"periodSeconds": st.integers(1, 3600)}),
+        },
+    ),
+    ("vpc",): st.fixed_dictionaries(
+        {"network": st.sampled_from(["default", "projects/host-proj/global/networks/shared"])},
+        optional={"egress": st.sampled_from(["PRIVATE_RANGES_ONLY", "ALL_TRAFFIC"]), "networkTags": st.just(["tasks"])},
+    ),
     ("defaultQueue",): st.sampled_from(["default", "emails"]),
 }
 edgy = (
@@ -332,7 +361,8 @@ def verifying_client() -> Iterator[TestClient]:
     issuer = TokenIssuer()
     with OidcHttpServer(issuer) as keys:
         verifier = TokenVerifier(allowed_emails={"invoker@p.iam.gserviceaccount.com"}, certs_url=keys.certs_url)
-        app = create_app(router, SETTINGS, verifier=verifier, log=JsonLog(_Discard()))
+        settings = dataclasses.replace(SETTINGS, oidc_audience="https://tasks-handler-1.europe-west1.run.app")
+        app = create_app(router, settings, verifier=verifier, log=JsonLog(_Discard()))
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
 

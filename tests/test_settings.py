@@ -22,22 +22,29 @@ from hypothesis import strategies as st
 from components.settings import (
     DEFAULT_IMAGE,
     NAMESPACE,
+    PROBE_KEYS,
+    PROBES_KEYS,
     PROJECT_KEYS,
     QUEUE_KEYS,
     RATE_LIMIT_KEYS,
     RETRY_KEYS,
     SERVICE_KEYS,
+    VPC_KEYS,
     Duration,
     Ingress,
+    ProbeSettings,
     QueueSettings,
     RateLimits,
     RetryPolicy,
+    SecretEnv,
     ServiceSettings,
     Settings,
     SettingsError,
+    VpcEgress,
     load_settings,
+    secret_config_keys,
 )
-from contract.cloud_tasks import TASK_RETENTION_S
+from contract.cloud_tasks import MIN_DISPATCHES_PER_SECOND, TASK_RETENTION_S
 
 # --- builder ------------------------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ NOT_A_DURATION = "is not a duration in Cloud Tasks form"
 REJECTED = [
     # rate limits
     case("rate-0", RATE, "0 would never dispatch", queues=rate(0)),
-    case("rate-negative", RATE, "-1 is below the minimum of 0 (Cloud Tasks limit per queue)", queues=rate(-1)),
+    case("rate-negative", RATE, "-1 is below the minimum of 1/86400 (one dispatch a day)", queues=rate(-1)),
     case("rate-above-500", RATE, "500.5 is above the maximum of 500", queues=rate(500.5)),
     case("rate-string", RATE, 'expected a number, got string "10" (write it unquoted', queues=rate("10")),
     case("rate-bool", RATE, "expected a number, got boolean true", queues=rate(True)),
@@ -614,7 +621,16 @@ def test_baseline_loads_with_every_default() -> None:
         memory="512Mi",
         service_account_id="tasks-dev-run",
         env=(),
+        cpu_always_allocated=False,
+        startup_cpu_boost=True,
+        startup_probe=ProbeSettings(initial_delay_seconds=0, period_seconds=10, timeout_seconds=1, failure_threshold=3),
+        liveness_probe=ProbeSettings(
+            initial_delay_seconds=0, period_seconds=10, timeout_seconds=1, failure_threshold=3
+        ),
+        secret_env=(),
+        vpc=None,
     )
+    assert s.labels == (("managed-by", "cloudrun-tasks"), ("stack", "dev"))
     assert s.service.image == DEFAULT_IMAGE
     assert s.service.ingress.value == "INGRESS_TRAFFIC_INTERNAL_ONLY"
     assert s.queues == (
@@ -657,6 +673,32 @@ def test_explicit_values_are_kept() -> None:
                 "memory": "2Gi",
                 "serviceAccountId": "acme-worker",
                 "env": {"MODE": "worker", "LEVEL": "debug"},
+                "secretEnv": {
+                    "DB_PASSWORD": "db-password",
+                    "API_KEY": "projects/other-proj/secrets/api-key/versions/4",
+                },
+                "cpuAlwaysAllocated": True,
+                "startupCpuBoost": False,
+                "probes": {
+                    "startup": {
+                        "initialDelaySeconds": 5,
+                        "periodSeconds": 5,
+                        "timeoutSeconds": 2,
+                        "failureThreshold": 6,
+                    },
+                    "liveness": {
+                        "initialDelaySeconds": 60,
+                        "periodSeconds": 30,
+                        "timeoutSeconds": 5,
+                        "failureThreshold": 2,
+                    },
+                },
+                "vpc": {
+                    "network": "projects/host-proj/global/networks/shared",
+                    "subnetwork": "projects/host-proj/regions/europe-west1/subnetworks/tasks",
+                    "egress": "ALL_TRAFFIC",
+                    "networkTags": ["tasks", "egress-nat", "tasks"],
+                },
             },
             queues={
                 "default": {
@@ -690,6 +732,22 @@ def test_explicit_values_are_kept() -> None:
         memory="2Gi",
         service_account_id="acme-worker",
         env=(("MODE", "worker"), ("LEVEL", "debug")),
+        cpu_always_allocated=True,
+        startup_cpu_boost=False,
+        startup_probe=ProbeSettings(initial_delay_seconds=5, period_seconds=5, timeout_seconds=2, failure_threshold=6),
+        liveness_probe=ProbeSettings(
+            initial_delay_seconds=60, period_seconds=30, timeout_seconds=5, failure_threshold=2
+        ),
+        secret_env=(
+            SecretEnv(name="DB_PASSWORD", secret="db-password", project=None, version="latest"),
+            SecretEnv(name="API_KEY", secret="api-key", project="other-proj", version="4"),
+        ),
+        vpc=VpcEgress(
+            network="projects/host-proj/global/networks/shared",
+            subnetwork="projects/host-proj/regions/europe-west1/subnetworks/tasks",
+            egress="ALL_TRAFFIC",
+            network_tags=("tasks", "egress-nat"),
+        ),
     )
     q = s.queue("default")
     assert (q.path, str(q.dispatch_deadline), q.queue_level_routing, q.log_sampling_ratio) == (
@@ -784,8 +842,8 @@ def test_enqueuers_are_the_union_of_top_level_and_queue_level() -> None:
     "member",
     [
         "domain:example.com",
-        "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/s",
-        "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/*",
+        "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/subject/s",
+        "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/pool/*",
     ],
 )
 def test_non_email_member_types_are_accepted(member: str) -> None:
@@ -831,8 +889,13 @@ ACCEPTED = [
     accept("deadline-15s", "q.dispatch_deadline", Duration.of(15), queues=queue(dispatchDeadline="15s")),
     accept("deadline-1800s", "service.timeout", Duration.of(1800), queues=queue(dispatchDeadline="1800s")),
     accept("timeout-3600s", "service.timeout", Duration.of(3600), service={"timeout": "3600s"}),
-    accept("attempts-0", "q.retry.max_attempts", 0, queues=retry(maxAttempts=0)),
-    accept("attempts-unlimited-1s", "q.retry.max_attempts", -1, queues=retry(maxAttempts=-1, maxRetryDuration="1s")),
+    accept("attempts-0", "q.retry.max_attempts", 0, queues=retry(maxAttempts=0, maxRetryDuration="420s")),
+    accept(
+        "attempts-unlimited-420s",
+        "q.retry.max_attempts",
+        -1,
+        queues=retry(maxAttempts=-1, maxRetryDuration="420s"),
+    ),
     accept(
         "retry-duration-31-days",
         "q.retry.max_retry_duration",
@@ -840,7 +903,12 @@ ACCEPTED = [
         queues=retry(maxRetryDuration=f"{TASK_RETENTION_S}s"),
     ),
     accept("backoff-equal", "q.retry.min_backoff", Duration.of(5), queues=retry(minBackoff="5s", maxBackoff="5s")),
-    accept("nine-decimals", "q.retry.min_backoff", Duration.of("1E-9"), queues=retry(minBackoff="0.000000001s")),
+    accept(
+        "nine-decimals",
+        "q.retry.min_backoff",
+        Duration.of("1E-9"),
+        queues=retry(minBackoff="0.000000001s", maxRetryDuration="3600s"),
+    ),
     accept("instances-1000", "service.max_instances", 1000, service={"maxInstances": 1000, "concurrency": 1000}),
     accept("min-equals-max", "service.min_instances", 3, service={"minInstances": 3, "maxInstances": 3}),
     accept("memory-128Mi", "service.memory", "128Mi", service={"memory": "128Mi"}),
@@ -922,7 +990,7 @@ PROPERTY = hyp_settings(max_examples=150, deadline=None, database=None, suppress
 
 
 @PROPERTY
-@given(st.floats(min_value=0, max_value=500, exclude_min=True))
+@given(st.floats(min_value=MIN_DISPATCHES_PER_SECOND, max_value=500))
 def test_any_rate_in_range_is_stored_exactly(value: float) -> None:
     stored = load(config(queues=rate(value))).queue("default").rate_limits.max_dispatches_per_second
     assert stored == value
@@ -932,7 +1000,7 @@ def test_any_rate_in_range_is_stored_exactly(value: float) -> None:
 @PROPERTY
 @given(
     st.one_of(
-        st.floats(max_value=0, allow_nan=False, allow_infinity=False),
+        st.floats(max_value=MIN_DISPATCHES_PER_SECOND, exclude_max=True, allow_nan=False, allow_infinity=False),
         st.floats(min_value=500, exclude_min=True, allow_nan=False, allow_infinity=False),
     )
 )
@@ -968,7 +1036,10 @@ def test_dispatch_deadlines_in_range_round_trip(text: str) -> None:
     assert s.queue("default").dispatch_deadline == Duration(Decimal(text[:-1]))
 
 
-SCHEMA_KEYS = sorted({*PROJECT_KEYS, *SERVICE_KEYS, *QUEUE_KEYS, *RATE_LIMIT_KEYS, *RETRY_KEYS, "default"})
+SCHEMA_KEYS = sorted(
+    {*PROJECT_KEYS, *SERVICE_KEYS, *QUEUE_KEYS, *RATE_LIMIT_KEYS, *RETRY_KEYS, *PROBES_KEYS, *PROBE_KEYS, *VPC_KEYS}
+    | {"default"}
+)
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -993,6 +1064,11 @@ FUZZ_TARGETS = {
     "queues.default.retry": lambda v: config(queues={"default": {"retry": Replace(v)}}),
     "queues.default.rateLimits": lambda v: config(queues={"default": {"rateLimits": Replace(v)}}),
     "service.env": lambda v: config(service={"env": Replace(v)}),
+    "service.secretEnv": lambda v: config(service={"secretEnv": Replace(v)}),
+    "service.probes": lambda v: config(service={"probes": Replace(v)}),
+    "service.probes.startup": lambda v: config(service={"probes": {"startup": Replace(v)}}),
+    "service.vpc": lambda v: config(service={"vpc": Replace(v)}),
+    "labels": lambda v: config(labels=v),
 }
 
 
@@ -1007,3 +1083,695 @@ def test_arbitrary_values_load_or_raise_settings_error(target: str, value: Any) 
     else:
         assert isinstance(s, Settings)
         assert s.queues
+
+
+# --- defect 6: service.env names and values the stack cannot accept ---------------------------------
+
+
+def env_case(case_id: str, name: str, value: str, fragment: str) -> Any:
+    return pytest.param(name, value, fragment, id=case_id)
+
+
+STACK_OWNED = "the stack owns every TASKS_* name"
+LOADER = "is a loader variable"
+TRUST = "sets the service's credentials or the certificates it trusts"
+CONTROL = "control character"
+
+BAD_ENV = [
+    env_case("tasks-verify-oidc", "TASKS_VERIFY_OIDC", "false", STACK_OWNED),
+    env_case("tasks-certs-url", "TASKS_OIDC_CERTS_URL", "http://127.0.0.1:9/certs", STACK_OWNED),
+    env_case("tasks-audience", "TASKS_OIDC_AUDIENCE", "https://other.example", "reserved"),
+    env_case("tasks-any", "TASKS_FUTURE_SETTING", "1", STACK_OWNED),
+    env_case("ld-preload", "LD_PRELOAD", "/tmp/evil.so", LOADER),
+    env_case("ld-library-path", "LD_LIBRARY_PATH", "/tmp", LOADER),
+    env_case("pythonpath", "PYTHONPATH", "/tmp", LOADER),
+    env_case("pythonhome", "PYTHONHOME", "/tmp", LOADER),
+    env_case("pythonstartup", "PYTHONSTARTUP", "/tmp/x.py", LOADER),
+    env_case("adc-key-file", "GOOGLE_APPLICATION_CREDENTIALS", "/tmp/key.json", TRUST),
+    env_case("cloudsdk", "CLOUDSDK_CORE_ACCOUNT", "me@example.com", TRUST),
+    env_case("metadata-host", "GCE_METADATA_HOST", "127.0.0.1:9", TRUST),
+    env_case("metadata-ip", "GCE_METADATA_IP", "127.0.0.1:9", TRUST),
+    env_case("metadata-root", "GCE_METADATA_ROOT", "127.0.0.1:9", TRUST),
+    env_case("ssl-cert-file", "SSL_CERT_FILE", "/tmp/ca.pem", TRUST),
+    env_case("ssl-cert-dir", "SSL_CERT_DIR", "/tmp", TRUST),
+    env_case("requests-ca", "REQUESTS_CA_BUNDLE", "/tmp/ca.pem", TRUST),
+    env_case("curl-ca", "CURL_CA_BUNDLE", "/tmp/ca.pem", TRUST),
+    env_case("grpc-roots", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "/tmp/ca.pem", TRUST),
+    env_case("nul", "MODE", "a\x00b", f"{CONTROL} U+0000 at position 1"),
+    env_case("newline", "MODE", "a\nb", f"{CONTROL} U+000A at position 1"),
+    env_case("tab", "MODE", "\tx", f"{CONTROL} U+0009 at position 0"),
+    env_case("escape", "MODE", "x\x1b[31m", f"{CONTROL} U+001B at position 1"),
+    env_case("del", "MODE", "x\x7f", f"{CONTROL} U+007F at position 1"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "fragment"), BAD_ENV)
+def test_env_refuses_stack_loader_and_trust_names_and_control_characters(name: str, value: str, fragment: str) -> None:
+    problems = problems_of(config(service={"env": {name: value}}))
+    assert [path_of(p) for p in problems] == [f"service.env.{name}"], problems
+    assert fragment in problems[0], problems[0]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LDAP_URL": "ldap://x"},  # LD_ is the loader's prefix, not LD
+        {"MY_TASKS_MODE": "on"},  # TASKS_ only as a prefix
+        {"GREETING": "grüß dich, 世界 ✓"},  # any printable text
+        {"SPACED": "a b  c"},
+        {"EMPTY": ""},
+        {"HTTPS_PROXY": "http://proxy.internal:3128"},
+    ],
+)
+def test_env_accepts_other_names_and_printable_values(env: dict[str, str]) -> None:
+    assert load(config(service={"env": env})).service.env == tuple(env.items())
+
+
+# --- defect 7: enqueuer members, each kind against its grammar --------------------------------------
+
+
+def member_case(case_id: str, member: str, fragment: str) -> Any:
+    return pytest.param(member, fragment, id=case_id)
+
+
+WHITESPACE = "has whitespace or a control character"
+REFUSED_MEMBERS = [
+    member_case("domain-newline-allUsers", "domain:example.com\nallUsers", WHITESPACE),
+    member_case("domain-space-allUsers", "domain: allUsers", WHITESPACE),
+    member_case("domain-star", "domain:*", "domain members need a DNS domain"),
+    member_case("domain-no-dot", "domain:localhost", "domain members need a DNS domain"),
+    member_case("principal-space", "principal: ", WHITESPACE),
+    member_case("trailing-space", "user:alex@example.com ", WHITESPACE),
+    member_case("tab-inside", "user:alex\t@example.com", WHITESPACE),
+    member_case("public-all", "principalSet://goog/public:all", "is public"),
+    member_case(
+        "org-wide-service-accounts",
+        "principalSet://cloudresourcemanager.googleapis.com/organizations/123/type/ServiceAccount",
+        "every service account of an organization",
+    ),
+    member_case(
+        "folder-wide-service-accounts",
+        "principalSet://cloudresourcemanager.googleapis.com/folders/123/type/ServiceAccount",
+        "every service account of a folder",
+    ),
+    member_case(
+        "project-wide-service-accounts",
+        "principalSet://cloudresourcemanager.googleapis.com/projects/123/type/ServiceAccount",
+        "every service account of a project",
+    ),
+    member_case("user-no-domain", "user:alex", "user members need an email address"),
+    member_case("user-two-ats", "user:a@b@example.com", "user members need an email address"),
+    member_case("group-empty", "group:", "group members need an email address"),
+    member_case("sa-bad-domain", "serviceAccount:api@-x.example.com", "serviceAccount members need an email address"),
+    member_case(
+        "workload-project-id-not-number",
+        "principal://iam.googleapis.com/projects/my-proj/locations/global/workloadIdentityPools/github/subject/x",
+        "not a principal identifier",
+    ),
+    member_case(
+        "workload-empty-subject",
+        "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/github/subject/",
+        "not a principal identifier",
+    ),
+    member_case(
+        "workload-regional",
+        "principalSet://iam.googleapis.com/projects/123/locations/europe-west1/workloadIdentityPools/github/*",
+        "not a principal identifier",
+    ),
+    member_case(
+        "workload-short-pool",
+        "principalSet://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/gh/*",
+        "not a principal identifier",
+    ),
+    member_case(
+        "workload-set-nothing",
+        "principalSet://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/github/",
+        "not a principal identifier",
+    ),
+    member_case(
+        "workforce-attribute-no-value",
+        "principalSet://iam.googleapis.com/locations/global/workforcePools/contractors/attribute.team/",
+        "not a principal identifier",
+    ),
+    member_case("goog-subject-not-email", "principal://goog/subject/alex", "not a principal identifier"),
+    member_case("goog-group-deny-form", "principalSet://goog/group/admins@example.com", "not a principal identifier"),
+    member_case("unknown-prefix", "deleted:user:alex@example.com?uid=1", "has no member type prefix"),
+    member_case("prefix-case", "User:alex@example.com", "has no member type prefix"),
+]
+
+
+@pytest.mark.parametrize(("member", "fragment"), REFUSED_MEMBERS)
+def test_enqueuer_members_are_refused_unless_they_follow_their_grammar(member: str, fragment: str) -> None:
+    problems = problems_of(config(enqueuers=[member]))
+    assert [path_of(p) for p in problems] == ["enqueuers[0]"], problems
+    assert fragment in problems[0], problems[0]
+    assert "\n" not in problems[0]
+
+
+ACCEPTED_MEMBERS = [
+    "user:alex@example.com",
+    "user:first.last+tag@sub.example.co.uk",
+    "group:admins@example.com",
+    "serviceAccount:api@my-project.iam.gserviceaccount.com",
+    "serviceAccount:my-project.svc.id.goog[jobs/worker]",
+    "domain:example.com",
+    "domain:xn--bcher-kva.example",
+    "principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/github"
+    "/subject/repo:acme/app:ref:refs/heads/main",
+    "principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools"
+    "/my-project.svc.id.goog/subject/ns/jobs/sa/worker",
+    "principal://iam.googleapis.com/locations/global/workforcePools/altostrat-contractors/subject/raha@altostrat.com",
+    "principal://goog/subject/alex@example.com",
+    "principalSet://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/github/group/ops",
+    "principalSet://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/github"
+    "/attribute.repository/acme/app",
+    "principalSet://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/github/*",
+    "principalSet://iam.googleapis.com/locations/global/workforcePools/altostrat-contractors/group/admins@altostrat.com",
+    "principalSet://iam.googleapis.com/locations/global/workforcePools/altostrat-contractors/attribute.department/sales",
+    "principalSet://iam.googleapis.com/locations/global/workforcePools/altostrat-contractors/*",
+]
+
+
+@pytest.mark.parametrize("member", ACCEPTED_MEMBERS)
+def test_enqueuer_members_in_their_grammar_are_accepted(member: str) -> None:
+    assert load(config(queues=queue(enqueuers=[member]))).queue("default").enqueuers == (member,)
+
+
+# --- defect 8: rates Cloud Tasks can run ----------------------------------------------------------
+
+ONE_A_DAY = 1 / 86400
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param(5e-324, "5e-324 is below the minimum of 1/86400 (one dispatch a day)", id="denormal"),
+        pytest.param(1e-6, "1e-06 is below the minimum of 1/86400 (one dispatch a day)", id="one-a-fortnight"),
+        pytest.param(ONE_A_DAY * 0.999, "is below the minimum of 1/86400", id="just-below"),
+        pytest.param(-1, "-1 is below the minimum of 1/86400", id="negative"),
+        pytest.param(0, "0 would never dispatch", id="zero"),
+    ],
+)
+def test_rate_below_one_dispatch_a_day_is_refused(value: float, fragment: str) -> None:
+    problems = problems_of(config(queues=rate(value)))
+    assert [path_of(p) for p in problems] == [RATE], problems
+    assert fragment in problems[0], problems[0]
+
+
+def test_one_dispatch_a_day_is_the_lowest_rate() -> None:
+    assert load(config(queues=rate(ONE_A_DAY))).queue("default").rate_limits.max_dispatches_per_second == ONE_A_DAY
+
+
+# --- defect 9: a retry window that outlasts IAM propagation -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_config", "window"),
+    [
+        pytest.param(
+            {"maxAttempts": 5, "minBackoff": "1s", "maxBackoff": "60s", "maxDoublings": 3}, "15s", id="old-dev-default"
+        ),
+        pytest.param({"maxAttempts": 1}, "0s", id="one-attempt"),
+        pytest.param({"maxAttempts": 0}, "0s", id="zero-attempts"),
+        pytest.param({"maxAttempts": 5}, "1.5s", id="cloud-tasks-backoff-five-attempts"),
+        pytest.param({"maxAttempts": -1, "maxRetryDuration": "60s"}, "60s", id="unlimited-attempts-60s"),
+        pytest.param({"maxAttempts": 5, "maxRetryDuration": "300s"}, "300s", id="duration-outlasts-attempts"),
+        pytest.param(
+            {"maxAttempts": 10, "minBackoff": "10s", "maxBackoff": "30s", "maxRetryDuration": "5s"},
+            "240s",
+            id="attempts-outlast-duration",
+        ),
+    ],
+)
+def test_retry_window_below_iam_propagation_is_refused(retry_config: dict[str, Any], window: str) -> None:
+    problems = problems_of(config(queues=retry(**retry_config)))
+    assert [path_of(p) for p in problems] == [RETRY], problems
+    assert f"retried for {window} after its first attempt" in problems[0], problems[0]
+    assert "less than the 420s new IAM bindings can take to apply" in problems[0]
+    assert "maxAttempts" in problems[0] and "maxBackoff" in problems[0] and "maxRetryDuration" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "retry_config",
+    [
+        pytest.param({}, id="cloud-tasks-defaults"),
+        pytest.param({"maxAttempts": 1, "maxRetryDuration": "420s"}, id="exactly-420s"),
+        pytest.param({"maxAttempts": 15, "minBackoff": "1s", "maxBackoff": "60s", "maxDoublings": 3}, id="dev-default"),
+        pytest.param({"maxAttempts": -1, "maxRetryDuration": "86400s"}, id="a-day"),
+    ],
+)
+def test_retry_window_at_least_iam_propagation_is_accepted(retry_config: dict[str, Any]) -> None:
+    assert load(config(queues=retry(**retry_config))).queue("default").retry
+
+
+def test_every_stack_file_outlasts_iam_propagation() -> None:
+    from harness import stack_file_config
+
+    for stack in ("dev", "prod"):
+        assert load_settings(stack_file_config(stack), stack).queues
+
+
+# --- the production keys: CPU, probes, secrets, VPC egress, labels ----------------------------------
+
+
+def probe(kind: str, **values: Any) -> dict[str, Any]:
+    return {"probes": {kind: values}}
+
+
+STARTUP = "service.probes.startup"
+LIVENESS = "service.probes.liveness"
+SECRET_RULE_TEXT = "is not a Secret Manager secret"
+
+PRODUCTION_REJECTED = [
+    case(
+        "cpuAlwaysAllocated-string",
+        "service.cpuAlwaysAllocated",
+        'expected true or false, got string "yes"',
+        service={"cpuAlwaysAllocated": "yes"},
+    ),
+    case(
+        "startupCpuBoost-number",
+        "service.startupCpuBoost",
+        "expected true or false, got number 1",
+        service={"startupCpuBoost": 1},
+    ),
+    # probes
+    case(
+        "startup-period-0",
+        f"{STARTUP}.periodSeconds",
+        "0 is below the minimum of 1",
+        service=probe("startup", periodSeconds=0),
+    ),
+    case(
+        "startup-period-241",
+        f"{STARTUP}.periodSeconds",
+        "241 is above the maximum of 240 (Cloud Run startup probe",
+        service=probe("startup", periodSeconds=241),
+    ),
+    case(
+        "startup-delay-241",
+        f"{STARTUP}.initialDelaySeconds",
+        "241 is above the maximum of 240",
+        service=probe("startup", initialDelaySeconds=241),
+    ),
+    case(
+        "startup-delay-negative",
+        f"{STARTUP}.initialDelaySeconds",
+        "-1 is below the minimum of 0",
+        service=probe("startup", initialDelaySeconds=-1),
+    ),
+    case(
+        "startup-timeout-above-period",
+        f"{STARTUP}.timeoutSeconds",
+        "11 is above periodSeconds 10",
+        service=probe("startup", timeoutSeconds=11),
+    ),
+    case(
+        "startup-threshold-0",
+        f"{STARTUP}.failureThreshold",
+        "0 is below the minimum of 1",
+        service=probe("startup", failureThreshold=0),
+    ),
+    case(
+        "startup-budget",
+        STARTUP,
+        "periodSeconds x failureThreshold is 250s, above the 240s",
+        service=probe("startup", failureThreshold=25),
+    ),
+    case(
+        "startup-budget-with-delay",
+        STARTUP,
+        "is 241s, above the 240s",
+        service=probe("startup", initialDelaySeconds=1, periodSeconds=60, failureThreshold=4),
+    ),
+    case(
+        "liveness-period-3601",
+        f"{LIVENESS}.periodSeconds",
+        "3601 is above the maximum of 3600 (Cloud Run liveness",
+        service=probe("liveness", periodSeconds=3601),
+    ),
+    case(
+        "liveness-delay-3601",
+        f"{LIVENESS}.initialDelaySeconds",
+        "3601 is above the maximum of 3600",
+        service=probe("liveness", initialDelaySeconds=3601),
+    ),
+    case(
+        "liveness-timeout-above-period",
+        f"{LIVENESS}.timeoutSeconds",
+        "31 is above periodSeconds 30",
+        service=probe("liveness", periodSeconds=30, timeoutSeconds=31),
+    ),
+    case(
+        "liveness-period-string",
+        f"{LIVENESS}.periodSeconds",
+        'expected a whole number, got string "10"',
+        service=probe("liveness", periodSeconds="10"),
+    ),
+    case(
+        "probe-readiness",
+        "service.probes.readiness",
+        "unknown key; allowed keys are startup, liveness",
+        service={"probes": {"readiness": {}}},
+    ),
+    case(
+        "probe-success-threshold",
+        f"{STARTUP}.successThreshold",
+        "unknown key; allowed keys are initialDelaySeconds",
+        service=probe("startup", successThreshold=1),
+    ),
+    # secretEnv
+    case(
+        "secret-env-list",
+        "service.secretEnv",
+        "expected an object of NAME: secret strings, got list",
+        service={"secretEnv": ["DB=db"]},
+    ),
+    case(
+        "secret-env-bad-name",
+        "service.secretEnv.1X",
+        "not an environment variable name",
+        service={"secretEnv": {"1X": "db"}},
+    ),
+    case("secret-env-reserved", "service.secretEnv.PORT", "reserved", service={"secretEnv": {"PORT": "db"}}),
+    case(
+        "secret-env-stack-owned",
+        "service.secretEnv.TASKS_KEY",
+        "the stack owns every TASKS_* name",
+        service={"secretEnv": {"TASKS_KEY": "db"}},
+    ),
+    case(
+        "secret-env-loader",
+        "service.secretEnv.LD_PRELOAD",
+        "is a loader variable",
+        service={"secretEnv": {"LD_PRELOAD": "db"}},
+    ),
+    case(
+        "secret-env-trust",
+        "service.secretEnv.GOOGLE_APPLICATION_CREDENTIALS",
+        "credentials",
+        service={"secretEnv": {"GOOGLE_APPLICATION_CREDENTIALS": "sa-key"}},
+    ),
+    case(
+        "secret-env-also-plain",
+        "service.secretEnv.DB",
+        "also set in service.env",
+        service={"env": {"DB": "x"}, "secretEnv": {"DB": "db"}},
+    ),
+    case(
+        "secret-env-number",
+        "service.secretEnv.DB",
+        "expected a string naming a secret, got number 5",
+        service={"secretEnv": {"DB": 5}},
+    ),
+    *[
+        case(
+            f"secret-ref-{name}",
+            "service.secretEnv.DB",
+            f"{ref!r} {SECRET_RULE_TEXT}",
+            service={"secretEnv": {"DB": ref}},
+        )
+        for name, ref in {
+            "empty": "",
+            "space": "db password",
+            "version-0": "db:0",
+            "version-word": "db:v1",
+            "two-versions": "db:latest:1",
+            "path-with-colon": "projects/other-proj/secrets/db:3",
+            "short-with-versions": "db/versions/3",
+            "bad-project": "projects/My_Proj/secrets/db",
+            "path-version-0": "projects/other-proj/secrets/db/versions/0",
+            "id-256": "s" * 256,
+            "dot": "db.password",
+        }.items()
+    ],
+    # vpc
+    case("vpc-empty", "service.vpc", "set network, subnetwork or both", service={"vpc": {}}),
+    case("vpc-string", "service.vpc", 'expected an object, got string "default"', service={"vpc": "default"}),
+    case(
+        "vpc-bad-network",
+        "service.vpc.network",
+        "'Bad_Net' is not a VPC network",
+        service={"vpc": {"network": "Bad_Net"}},
+    ),
+    case(
+        "vpc-network-path-typo",
+        "service.vpc.network",
+        "is not a VPC network",
+        service={"vpc": {"network": "projects/host-proj/networks/shared"}},
+    ),
+    case(
+        "vpc-bad-subnetwork",
+        "service.vpc.subnetwork",
+        "is not a subnetwork",
+        service={"vpc": {"subnetwork": "projects/host-proj/subnetworks/s"}},
+    ),
+    case(
+        "vpc-subnetwork-other-region",
+        "service.vpc.subnetwork",
+        "is in us-central1; Direct VPC egress needs",
+        service={"vpc": {"subnetwork": "projects/host-proj/regions/us-central1/subnetworks/tasks"}},
+    ),
+    case(
+        "vpc-egress",
+        "service.vpc.egress",
+        "'ALL' is not one of PRIVATE_RANGES_ONLY, ALL_TRAFFIC",
+        service={"vpc": {"network": "default", "egress": "ALL"}},
+    ),
+    case(
+        "vpc-tags-string",
+        "service.vpc.networkTags",
+        'expected a list of network tags, got string "tasks"',
+        service={"vpc": {"network": "default", "networkTags": "tasks"}},
+    ),
+    case(
+        "vpc-tag-uppercase",
+        "service.vpc.networkTags[1]",
+        'string "Tasks" is not a network tag',
+        service={"vpc": {"network": "default", "networkTags": ["ok", "Tasks"]}},
+    ),
+    case(
+        "vpc-tag-64",
+        "service.vpc.networkTags[0]",
+        "is not a network tag",
+        service={"vpc": {"network": "default", "networkTags": ["t" * 64]}},
+    ),
+    case(
+        "vpc-tag-number",
+        "service.vpc.networkTags[0]",
+        "number 5 is not a network tag",
+        service={"vpc": {"network": "default", "networkTags": [5]}},
+    ),
+    case(
+        "vpc-connector",
+        "service.vpc.connector",
+        "unknown key; allowed keys are network, subnetwork",
+        service={"vpc": {"network": "default", "connector": "c"}},
+    ),
+    # labels
+    case("labels-list", "labels", "expected an object of key: value strings, got list", labels=["team"]),
+    case("label-key-uppercase", "labels.Team", "'Team' is not a label key", labels={"Team": "x"}),
+    case("label-key-digit-first", "labels.1team", "starts with a lowercase letter", labels={"1team": "x"}),
+    case("label-key-empty", "labels.", "'' is not a label key (1-63", labels={"": "x"}),
+    case("label-key-64", "labels." + "k" * 64, "is not a label key", labels={"k" * 64: "x"}),
+    case("label-key-dot", "labels.a.b", "'a.b' is not a label key", labels={"a.b": "x"}),
+    case(
+        "label-value-uppercase",
+        "labels.team",
+        "the value 'Payments' is not a label value (0-63",
+        labels={"team": "Payments"},
+    ),
+    case("label-value-64", "labels.team", "is not a label value", labels={"team": "v" * 64}),
+    case("label-value-space", "labels.team", "is not a label value", labels={"team": "a b"}),
+    case("label-value-number", "labels.cost", "expected a string, got number 1234", labels={"cost": 1234}),
+    case(
+        "label-managed-by",
+        "labels.managed-by",
+        "set by the stack (managed-by: cloudrun-tasks)",
+        labels={"managed-by": "terraform"},
+    ),
+    case("label-stack", "labels.stack", "set by the stack (stack: dev)", labels={"stack": "prod"}),
+    case(
+        "labels-63",
+        "labels",
+        "63 labels and the stack's 2 (managed-by, stack) are more than the 64",
+        labels={f"l{n}": "x" for n in range(63)},
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "stack", "path", "fragment"), PRODUCTION_REJECTED)
+def test_production_keys_rejected(overrides: dict[str, Any], stack: str, path: str, fragment: str) -> None:
+    problems = problems_of(config(**overrides), stack)
+    assert [path_of(p) for p in problems] == [path], problems
+    assert fragment in problems[0], problems[0]
+
+
+def test_production_rejection_ids_are_unique() -> None:
+    ids = [p.id for p in PRODUCTION_REJECTED + REJECTED]
+    assert len(ids) == len(set(ids))
+
+
+PRODUCTION_ACCEPTED = [
+    accept("cpu-always", "service.cpu_always_allocated", True, service={"cpuAlwaysAllocated": True}),
+    accept("no-boost", "service.startup_cpu_boost", False, service={"startupCpuBoost": False}),
+    accept(
+        "startup-budget-240",
+        "service.startup_probe",
+        ProbeSettings(initial_delay_seconds=0, period_seconds=240, timeout_seconds=240, failure_threshold=1),
+        service=probe("startup", periodSeconds=240, timeoutSeconds=240, failureThreshold=1),
+    ),
+    accept(
+        "startup-delay-and-budget-240",
+        "service.startup_probe",
+        ProbeSettings(initial_delay_seconds=40, period_seconds=10, timeout_seconds=1, failure_threshold=20),
+        service=probe("startup", initialDelaySeconds=40, failureThreshold=20),
+    ),
+    accept(
+        "liveness-no-budget",
+        "service.liveness_probe",
+        ProbeSettings(initial_delay_seconds=3600, period_seconds=3600, timeout_seconds=3600, failure_threshold=1000),
+        service=probe(
+            "liveness", initialDelaySeconds=3600, periodSeconds=3600, timeoutSeconds=3600, failureThreshold=1000
+        ),
+    ),
+    *[
+        accept(
+            f"secret-{name}", "service.secret_env", (SecretEnv("DB", *expected),), service={"secretEnv": {"DB": ref}}
+        )
+        for name, (ref, expected) in {
+            "id": ("db-password", ("db-password", None, "latest")),
+            "id-latest": ("db:latest", ("db", None, "latest")),
+            "id-version": ("db_2:12", ("db_2", None, "12")),
+            "path": ("projects/other-proj/secrets/db", ("db", "other-proj", "latest")),
+            "path-number": ("projects/123456789012/secrets/DB/versions/latest", ("DB", "123456789012", "latest")),
+            "path-version": ("projects/other-proj/secrets/S-1_x/versions/7", ("S-1_x", "other-proj", "7")),
+            "id-255": ("s" * 255, ("s" * 255, None, "latest")),
+        }.items()
+    ],
+    accept(
+        "vpc-network-only",
+        "service.vpc",
+        VpcEgress(network="default", subnetwork=None, egress="PRIVATE_RANGES_ONLY", network_tags=()),
+        service={"vpc": {"network": "default"}},
+    ),
+    accept(
+        "vpc-subnetwork-only",
+        "service.vpc",
+        VpcEgress(network=None, subnetwork="tasks-europe-west1", egress="PRIVATE_RANGES_ONLY", network_tags=()),
+        service={"vpc": {"subnetwork": "tasks-europe-west1"}},
+    ),
+    accept("vpc-null", "service.vpc", None, service={"vpc": None}),
+    accept(
+        "labels-merged-sorted",
+        "labels",
+        (("cost-center", "cc-1"), ("managed-by", "cloudrun-tasks"), ("stack", "dev"), ("team", "")),
+        labels={"team": "", "cost-center": "cc-1"},
+    ),
+    accept(
+        "labels-international",
+        "labels",
+        (("managed-by", "cloudrun-tasks"), ("stack", "dev"), ("équipe", "paiements"), ("チーム", "決済")),
+        labels={"チーム": "決済", "équipe": "paiements"},
+    ),
+    accept("labels-62", "labels", 64, labels={f"l{n}": "x" for n in range(62)}),
+    accept("label-key-63", "labels", 3, labels={"k" * 63: "v" * 63}),
+]
+
+
+@pytest.mark.parametrize(("overrides", "dotted", "expected"), PRODUCTION_ACCEPTED)
+def test_production_keys_accepted(overrides: dict[str, Any], dotted: str, expected: Any) -> None:
+    value = pick(load(config(**overrides)), dotted)
+    assert (len(value) if isinstance(expected, int) and not isinstance(expected, bool) else value) == expected
+
+
+@pytest.mark.parametrize(
+    ("stack", "label"),
+    [("dev", "dev"), ("Feature_X.1", "feature_x-1"), ("prod", "prod"), ("a" * 70, "a" * 63)],
+)
+def test_stack_label_is_the_stack_name_made_label_safe(stack: str, label: str) -> None:
+    s = load(config(namePrefix="tasks"), stack)
+    assert dict(s.labels)["stack"] == label
+
+
+# --- secret config values never reach plain text ---------------------------------------------------
+
+
+def test_a_secret_service_key_may_not_feed_plain_env() -> None:
+    cfg = config(service={"env": {"MODE": "worker"}, "secretEnv": {"DB": "db"}})
+    with pytest.raises(SettingsError) as raised:
+        load_settings(cfg, "dev", secret_keys={f"{NAMESPACE}:service"})
+    assert [path_of(p) for p in raised.value.problems] == ["service.env"]
+    assert "is a secret config value" in raised.value.problems[0]
+    assert "service.secretEnv" in raised.value.problems[0]
+    assert "worker" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("secret_keys", "overrides"),
+    [
+        pytest.param({f"{NAMESPACE}:service"}, {"service": {"secretEnv": {"DB": "db"}}}, id="secret-service-no-env"),
+        pytest.param({f"{NAMESPACE}:queues"}, {"service": {"env": {"MODE": "x"}}}, id="other-key-secret"),
+        pytest.param({"gcp:project"}, {"service": {"env": {"MODE": "x"}}}, id="gcp-key-secret"),
+        pytest.param((), {"service": {"env": {"MODE": "x"}}, "labels": {"team": "a"}}, id="nothing-secret"),
+    ],
+)
+def test_secret_keys_that_feed_no_plain_text_are_fine(secret_keys: Any, overrides: dict[str, Any]) -> None:
+    assert load_settings(config(**overrides), "dev", secret_keys=secret_keys).service
+
+
+def test_a_secret_labels_key_is_refused() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config(labels={"team": "a"}), "dev", secret_keys={f"{NAMESPACE}:labels"})
+    assert [path_of(p) for p in raised.value.problems] == ["labels"]
+
+
+def test_secret_config_keys_come_from_the_environment_and_from_set_all_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import contextvars
+
+    from pulumi.runtime import config as runtime_config
+
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([f"{NAMESPACE}:labels"]))
+    monkeypatch.delenv("PULUMI_CONFIG", raising=False)
+
+    def in_process() -> frozenset[str]:
+        runtime_config.set_all_config(
+            {f"{NAMESPACE}:service": "{}", f"{NAMESPACE}:queues": "{}"}, secret_keys=[f"{NAMESPACE}:service"]
+        )
+        return secret_config_keys()
+
+    # A fresh context, so the config set here does not leak into other tests.
+    assert contextvars.copy_context().run(in_process) == {f"{NAMESPACE}:labels", f"{NAMESPACE}:service"}
+    monkeypatch.delenv("PULUMI_CONFIG_SECRET_KEYS")
+    assert contextvars.copy_context().run(in_process) == {f"{NAMESPACE}:service"}
+
+
+# --- the retry window law ---------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    attempts=st.integers(0, 400),
+    min_backoff=st.sampled_from([0.0, 1e-9, 0.1, 0.37, 1.0, 5.0, 60.0]),
+    max_backoff=st.sampled_from([0.5, 1.0, 30.0, 60.0, 3600.0]),
+    doublings=st.integers(0, 40),
+)
+def test_time_of_attempt_is_the_sum_of_the_backoffs_before_it(
+    attempts: int, min_backoff: float, max_backoff: float, doublings: int
+) -> None:
+    from contract.retry import RetryPolicy as LawPolicy
+    from contract.retry import backoff_delay, time_of_attempt
+
+    policy = LawPolicy(max_attempts=attempts, min_backoff=min_backoff, max_backoff=max_backoff, max_doublings=doublings)
+    expected = sum(backoff_delay(policy, n) for n in range(1, attempts))
+    assert time_of_attempt(policy, attempts) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_time_of_attempt_is_closed_form_for_the_largest_attempt_limit() -> None:
+    from contract.retry import RetryPolicy as LawPolicy
+    from contract.retry import retry_window
+
+    huge = LawPolicy(max_attempts=2**31 - 1, min_backoff=1e-9, max_backoff=1e-9, max_doublings=0)
+    assert retry_window(huge) == pytest.approx((2**31 - 2) * 1e-9)

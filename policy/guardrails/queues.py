@@ -35,12 +35,14 @@ def _problems(args: ResourceValidationArgs) -> Iterator[Problem]:
 
 def _rate_problems(props: Mapping[str, Any]) -> Iterator[Problem]:
     rate = read(props, "rateLimits.maxDispatchesPerSecond")
-    if not isinstance(rate, Absent) and not (is_number(rate) and 0 < rate <= MAX_DISPATCHES_PER_SECOND):
+    if not isinstance(rate, Absent) and not (
+        is_number(rate) and cloud_tasks.MIN_DISPATCHES_PER_SECOND <= rate <= MAX_DISPATCHES_PER_SECOND
+    ):
         yield (
-            f"rateLimits.maxDispatchesPerSecond: {show(rate)} is outside (0, {show(MAX_DISPATCHES_PER_SECOND)}], "
-            "the Cloud Tasks limit per queue",
-            f"use a rate above 0 and at most {show(MAX_DISPATCHES_PER_SECOND)}, and spread more load over several"
-            " queues",
+            f"rateLimits.maxDispatchesPerSecond: {show(rate)} is outside [{cloud_tasks.MIN_DISPATCHES_PER_SECOND_TEXT},"
+            f" {show(MAX_DISPATCHES_PER_SECOND)}], the Cloud Tasks limits per queue (a smaller rate never dispatches)",
+            f"use a rate of at least one dispatch a day and at most {show(MAX_DISPATCHES_PER_SECOND)}, and spread"
+            " more load over several queues",
         )
     concurrency = read(props, "rateLimits.maxConcurrentDispatches")
     if not isinstance(concurrency, Absent) and not (

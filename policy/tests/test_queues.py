@@ -18,7 +18,7 @@ GOOD = {
     "name": "tasks-dev-default-336068",
     "rateLimits": {"maxConcurrentDispatches": 240.0, "maxDispatchesPerSecond": 500.0},
     "retryConfig": {
-        "maxAttempts": 5.0,
+        "maxAttempts": 15.0,
         "maxBackoff": "60s",
         "maxDoublings": 3.0,
         "maxRetryDuration": "0s",
@@ -51,12 +51,16 @@ LIMIT_CASES = [
     ("rate at the limit", queue(rateLimits={"maxDispatchesPerSecond": 500}), []),
     ("fractional rate", queue(rateLimits={"maxDispatchesPerSecond": 0.5}), []),
     ("rate above 500", queue(rateLimits={"maxDispatchesPerSecond": 900}),
-     ["rateLimits.maxDispatchesPerSecond: 900 is outside (0, 500], the Cloud Tasks limit per queue. Fix: use a "
-      "rate above 0 and at most 500, and spread more load over several queues."]),
+     ["rateLimits.maxDispatchesPerSecond: 900 is outside [1/86400 (one dispatch a day), 500], the Cloud Tasks "
+      "limits per queue (a smaller rate never dispatches). Fix: use a rate of at least one dispatch a day and at "
+      "most 500, and spread more load over several queues."]),
     ("rate 0", queue(rateLimits={"maxDispatchesPerSecond": 0}),
-     ["rateLimits.maxDispatchesPerSecond: 0 is outside (0, 500]"]),
+     ["rateLimits.maxDispatchesPerSecond: 0 is outside [1/86400 (one dispatch a day), 500]"]),
     ("negative rate", queue(rateLimits={"maxDispatchesPerSecond": -1}),
-     ["rateLimits.maxDispatchesPerSecond: -1 is outside (0, 500]"]),
+     ["rateLimits.maxDispatchesPerSecond: -1 is outside [1/86400 (one dispatch a day), 500]"]),
+    ("the smallest double", queue(rateLimits={"maxDispatchesPerSecond": 5e-324}),
+     ["rateLimits.maxDispatchesPerSecond: 5e-324 is outside [1/86400 (one dispatch a day), 500]"]),
+    ("one dispatch a day", queue(rateLimits={"maxDispatchesPerSecond": 1 / 86400}), []),
     ("concurrency 0", queue(rateLimits={"maxConcurrentDispatches": 0}),
      ["rateLimits.maxConcurrentDispatches: 0 is not a whole number from 1 to 5000. Fix: use 1-5000"]),
     ("concurrency above 5000", queue(rateLimits={"maxConcurrentDispatches": 5001}),
@@ -111,9 +115,9 @@ def test_queue_settings_stay_within_cloud_tasks_limits(props: dict[str, Any], ex
 
 
 @given(rate=st.floats(min_value=0, max_value=2000, allow_nan=False))
-def test_any_rate_passes_exactly_when_it_is_in_0_to_500(rate: float) -> None:
+def test_any_rate_passes_exactly_when_it_is_between_one_a_day_and_500(rate: float) -> None:
     messages = check(validate_queue_limits, tokens.QUEUE, queue(rateLimits={"maxDispatchesPerSecond": rate}))
-    assert (messages == []) == (0 < rate <= 500)
+    assert (messages == []) == (1 / 86400 <= rate <= 500)
 
 
 def test_limits_ignore_other_resource_types() -> None:
