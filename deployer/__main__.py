@@ -1,7 +1,8 @@
 """cloudrun-tasks-deployer: the keyless identity GitHub Actions deploys with, once per Google Cloud project.
 
-Run by an admin (see README, "Delivery pipeline"): stack config -> args -> DeployerIdentity -> the two
-values the workflow's auth step takes.
+Run by an admin (see README, "Delivery pipeline"): stack config -> args -> DeployerIdentity -> the
+values the workflow's auth steps take (the deployer's account for `pulumi up`, the read-only one for
+pull requests' previews).
 """
 
 import sys
@@ -25,3 +26,4 @@ deployer = DeployerIdentity("deployer", args)
 # Named after google-github-actions/auth's inputs, which take them as they are.
 pulumi.export("workload_identity_provider", deployer.workload_identity_provider)
 pulumi.export("service_account", deployer.service_account)
+pulumi.export("preview_service_account", deployer.preview_service_account)

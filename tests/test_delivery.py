@@ -3,7 +3,9 @@
 The workflow is validated against GitHub's workflow schema (check-jsonschema's vendored copy, offline),
 then its shape is checked: triggers, least permissions, keyless auth, pinned actions, previews with the
 policy pack, `pulumi up` only on main, one deploy job per `Pulumi.<stack>.yaml`, dev before prod.
-The deployer program runs under Pulumi's mocks, like the main program (localcloud.program.evaluate).
+The deployer program runs under Pulumi's mocks, like the main program (localcloud.program.evaluate),
+and the Workload Identity provider it registers is exercised: its CEL attribute mapping and condition
+run (cel-python) on GitHub-shaped token claims, to show which job may impersonate which account.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import celpy
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from components.deployer import DEPLOYER_ROLES, GITHUB_ISSUER
+from components.deployer import DEPLOYER_ROLES, GITHUB_ISSUER, GRANT_LIMITS, PREVIEW_ROLES
 from components.settings import (
+    DEFAULT_DEPLOY_ACCOUNT_ID,
     DEFAULT_DEPLOY_BRANCH,
+    DEFAULT_POOL_ID,
+    DEFAULT_PREVIEW_ACCOUNT_ID,
+    DEFAULT_PROVIDER_ID,
     DEPLOYER_KEYS,
     DEPLOYER_NAMESPACE,
     branch_problem,
+    environment_problem,
     repository_problem,
 )
 from gcp_schema import schema_problems
@@ -232,7 +240,7 @@ def test_auth_reads_the_variables_named_for_the_jobs_stack() -> None:
         auth = next(s for s in steps(job) if action(s) == AUTH_ACTION)
         assert auth["with"] == {
             "workload_identity_provider": "${{ vars[format('GCP_WORKLOAD_IDENTITY_PROVIDER_{0}', matrix.stack)] }}",
-            "service_account": "${{ vars[format('GCP_SERVICE_ACCOUNT_{0}', matrix.stack)] }}",
+            "service_account": "${{ vars[format('GCP_PREVIEW_SERVICE_ACCOUNT_{0}', matrix.stack)] }}",
         }
 
 
@@ -351,7 +359,11 @@ API = "gcp:projects/service:Service"
 REPOSITORY = "octo-org/tasks"
 PROJECT_NUMBER = "123456789012"
 POOL_NAME = f"projects/{PROJECT_NUMBER}/locations/global/workloadIdentityPools/github"
-BASE_CONFIG = {"gcp:project": "my-tasks-dev", f"{DEPLOYER_NAMESPACE}:repository": REPOSITORY}
+BASE_CONFIG = {
+    "gcp:project": "my-tasks-dev",
+    f"{DEPLOYER_NAMESPACE}:repository": REPOSITORY,
+    f"{DEPLOYER_NAMESPACE}:deployEnvironments": cli_value(["dev"]),
+}
 
 
 class FederationGcp(SimulatedGcp):
@@ -424,25 +436,69 @@ def test_attribute_condition_pins_the_repository_and_the_deploy_branch(deployer:
     assert other.startswith(f"assertion.repository == '{REPOSITORY}' && ")
 
 
-def test_only_that_repository_may_impersonate_the_deployer_and_only_on_its_account(deployer: ProgramRun) -> None:
-    account = one(deployer, ACCOUNT)
-    assert account.inputs["accountId"] == "pulumi-deployer"
-    assert one(deployer, ACCOUNT_IAM).inputs == {
-        "serviceAccountId": account.outputs["name"],
-        "role": "roles/iam.workloadIdentityUser",
-        "member": f"principalSet://iam.googleapis.com/{POOL_NAME}/attribute.repository/{REPOSITORY}",
-    }
+def test_each_account_is_impersonated_by_its_own_principal_set_only(deployer: ProgramRun) -> None:
+    deploy, preview = (account_named(deployer, a) for a in ("pulumi-deployer", "pulumi-previewer"))
+    attribute = f"principalSet://iam.googleapis.com/{POOL_NAME}/attribute"
+    assert sorted(
+        (g.inputs["serviceAccountId"], g.inputs["role"], g.inputs["member"]) for g in deployer.of_type(ACCOUNT_IAM)
+    ) == sorted(
+        [
+            (
+                deploy.outputs["name"],
+                "roles/iam.workloadIdentityUser",
+                f"{attribute}.repository_ref_environment/{REPOSITORY}:refs/heads/main:dev",
+            ),
+            (
+                preview.outputs["name"],
+                "roles/iam.workloadIdentityUser",
+                f"{attribute}.repository_event/{REPOSITORY}:pull_request",
+            ),
+        ]
+    )
+    two = run_deployer(deployEnvironments=["staging", "prod"], deployBranch="release/v2")
+    assert sorted(impersonators(two, "pulumi-deployer")) == [
+        f"{attribute}.repository_ref_environment/{REPOSITORY}:refs/heads/release/v2:{environment}"
+        for environment in ("prod", "staging")
+    ]
 
 
-def test_project_roles_are_exactly_the_documented_list(deployer: ProgramRun) -> None:
+def documented_preview_roles() -> list[str]:
+    """The roles in README's "The preview account holds these roles on the project" table."""
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme.split("The preview account holds these roles on the project", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\s*\|\s*`(roles/[^`]+)`\s*\|", section, re.MULTILINE)
+
+
+def roles_of(run: ProgramRun, account_id: str) -> list[str]:
+    member = account_named(run, account_id).outputs["member"]
+    return sorted(g.inputs["role"] for g in run.of_type(PROJECT_IAM) if g.inputs["member"] == member)
+
+
+def test_project_roles_are_exactly_the_documented_lists(deployer: ProgramRun) -> None:
     documented = documented_deployer_roles()
-    assert len(documented) == 5
+    assert len(documented) == 7
+    assert roles_of(deployer, "pulumi-deployer") == sorted(documented) == sorted(DEPLOYER_ROLES)
+    assert roles_of(deployer, "pulumi-previewer") == sorted(documented_preview_roles()) == sorted(PREVIEW_ROLES)
     grants = deployer.of_type(PROJECT_IAM)
-    assert sorted(g.inputs["role"] for g in grants) == sorted(documented) == sorted(DEPLOYER_ROLES)
-    member = one(deployer, ACCOUNT).outputs["member"]
+    assert len(grants) == len(DEPLOYER_ROLES) + len(PREVIEW_ROLES)  # no grant to anyone else
     for grant in grants:
-        assert (grant.inputs["project"], grant.inputs["member"]) == ("my-tasks-dev", member)
-        assert "condition" not in grant.inputs
+        assert grant.inputs["project"] == "my-tasks-dev"
+        assert ("condition" in grant.inputs) == (grant.inputs["role"] in GRANT_LIMITS)
+
+
+def test_the_roles_that_grant_may_grant_only_what_the_stack_grants(deployer: ProgramRun) -> None:
+    """Project IAM admin unlimited would let the deployer grant itself any role on the project."""
+    limited = {
+        g.inputs["role"]: g.inputs["condition"]["expression"]
+        for g in deployer.of_type(PROJECT_IAM)
+        if "condition" in g.inputs
+    }
+    assert limited == {
+        "roles/resourcemanager.projectIamAdmin": "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', [])"
+        ".hasOnly(['roles/cloudtasks.serviceAgent'])",
+        "roles/secretmanager.admin": "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', [])"
+        ".hasOnly(['roles/secretmanager.secretAccessor'])",
+    }
 
 
 def test_no_project_level_impersonation_and_no_authoritative_iam(deployer: ProgramRun) -> None:
@@ -482,13 +538,16 @@ def test_every_resource_waits_for_the_api_it_calls(deployer: ProgramRun) -> None
         if resource.type in calls:
             assert api[calls[resource.type]] in deployer.waits_for(resource), resource.name
             checked += 1
-    assert checked == 4 + len(DEPLOYER_ROLES)
+    assert checked == 2 + 2 + 2 + len(DEPLOYER_ROLES) + len(PREVIEW_ROLES)  # pool, provider, accounts, grants
 
 
 def test_every_deployer_resource_matches_pulumi_gcp_schema(deployer: ProgramRun) -> None:
     problems = {r.name: schema_problems(r.type, r.inputs) for r in deployer.resources}
     assert {name: p for name, p in problems.items() if p} == {}
-    assert len([r for r in deployer.resources if r.type.startswith("gcp:")]) == 4 + 4 + len(DEPLOYER_ROLES)
+    apis, federation, accounts = 4, 2, 2 + 2  # pool and provider; each account and its impersonation grant
+    assert len([r for r in deployer.resources if r.type.startswith("gcp:")]) == (
+        apis + federation + accounts + len(DEPLOYER_ROLES) + len(PREVIEW_ROLES)
+    )
 
 
 def test_deployer_is_one_component_owning_every_resource(deployer: ProgramRun) -> None:
@@ -503,21 +562,237 @@ def test_deployer_is_one_component_owning_every_resource(deployer: ProgramRun) -
     assert [r.type for r in deployer.resources if r.parent == component.parent] == [component.type]
 
 
-def test_exports_are_exactly_the_two_values_the_workflow_needs(deployer: ProgramRun) -> None:
+def test_exports_are_exactly_the_values_the_workflow_needs(deployer: ProgramRun) -> None:
     assert dict(deployer.outputs) == {
         "workload_identity_provider": f"{POOL_NAME}/providers/github",
         "service_account": "pulumi-deployer@my-tasks-dev.iam.gserviceaccount.com",
+        "preview_service_account": "pulumi-previewer@my-tasks-dev.iam.gserviceaccount.com",
     }
-    auth_inputs = {key for _, step in every_step() if action(step) == AUTH_ACTION for key in step["with"]}
-    assert auth_inputs == set(deployer.outputs)
+    # Each output has its repository variable per stack (GCP_<OUTPUT>_<STACK>), and every variable an
+    # auth step reads is one of them.
+    expected = {f"GCP_{output.upper()}_" for output in deployer.outputs}
+    read = {
+        re.sub(r"(DEV|PROD|\{0\})$", "", name)
+        for _, step in every_step()
+        if action(step) == AUTH_ACTION
+        for value in step["with"].values()
+        for name in re.findall(r"GCP_[A-Z_]+(?:\{0\})?", value)
+    }
+    assert read == expected
 
 
 def test_exports_wait_for_the_grants_and_apis_that_make_them_work(deployer: ProgramRun) -> None:
-    needed = {r.urn for r in deployer.resources if r.type in (ACCOUNT_IAM, PROJECT_IAM)}
-    needed |= {r.urn for r in deployer.of_type(API) if r.inputs["service"].split(".")[0] in ("sts", "iamcredentials")}
-    assert len(needed) == 1 + len(DEPLOYER_ROLES) + 2
-    for output in ("workload_identity_provider", "service_account"):
-        assert needed <= deployer.output_dependencies[output], output
+    federation = {
+        r.urn for r in deployer.of_type(API) if r.inputs["service"].split(".")[0] in ("sts", "iamcredentials")
+    }
+
+    def grants_of(account_id: str) -> set[str]:
+        account = account_named(deployer, account_id)
+        on_it = {
+            r.urn for r in deployer.of_type(ACCOUNT_IAM) if r.inputs["serviceAccountId"] == account.outputs["name"]
+        }
+        return on_it | {r.urn for r in deployer.of_type(PROJECT_IAM) if r.inputs["member"] == account.outputs["member"]}
+
+    deploys, previews = grants_of("pulumi-deployer"), grants_of("pulumi-previewer")
+    assert (len(deploys), len(previews), len(federation)) == (1 + len(DEPLOYER_ROLES), 1 + len(PREVIEW_ROLES), 2)
+    assert deploys | federation <= deployer.output_dependencies["service_account"]
+    assert previews | federation <= deployer.output_dependencies["preview_service_account"]
+    assert deploys | previews | federation <= deployer.output_dependencies["workload_identity_provider"]
+
+
+# --- who may impersonate which account: the real attribute mapping and condition, run as CEL ---------
+#
+# Google evaluates the provider's attribute mapping and condition as CEL over the token's claims, then
+# admits a token to an account whose workloadIdentityUser members name one of its attributes.
+# cel-python evaluates the very expressions the program registers; a claim a token lacks raises here as
+# it fails the exchange there ("no such key").
+
+PREVIEW_ACCOUNT_ID = "pulumi-previewer"  # the documented defaults, spelled out
+DEPLOY_ACCOUNT_ID = "pulumi-deployer"
+# Predefined roles whose permissions are all get/list/getIamPolicy: reading, never writing.
+READ_ONLY_ROLES = frozenset(
+    {
+        "roles/serviceusage.serviceUsageViewer",
+        "roles/iam.serviceAccountViewer",
+        "roles/iam.securityReviewer",
+        "roles/run.viewer",
+        "roles/cloudtasks.viewer",
+    }
+)
+
+
+def github_token(event: str, ref: str, environment: str | None = None, repository: str = REPOSITORY) -> dict[str, str]:
+    """A job's OIDC token claims as GitHub issues them (docs.github.com/en/actions/reference/security/oidc):
+    `environment` only when the job names one, and then `sub` says so instead of the ref."""
+    if environment is not None:
+        context = f"environment:{environment}"
+    elif event == "pull_request":
+        context = "pull_request"
+    else:
+        context = f"ref:{ref}"
+    claims = {
+        "sub": f"repo:{repository}:{context}",
+        "repository": repository,
+        "repository_owner": repository.partition("/")[0],
+        "ref": ref,
+        "ref_type": "branch",
+        "event_name": event,
+        "actor": "octocat",
+        "workflow_ref": f"{repository}/.github/workflows/deploy.yml@{ref}",
+        "job_workflow_ref": f"{repository}/.github/workflows/deploy.yml@{ref}",
+    }
+    if environment is not None:
+        claims["environment"] = environment
+    return claims
+
+
+PULL_REQUEST = github_token("pull_request", "refs/pull/7/merge")
+PULL_REQUEST_IN_PROD = github_token("pull_request", "refs/pull/7/merge", environment="prod")
+PUSH_TO_MAIN = github_token("push", "refs/heads/main")
+PUSH_TO_MAIN_IN_DEV = github_token("push", "refs/heads/main", environment="dev")
+PUSH_TO_MAIN_IN_PROD = github_token("push", "refs/heads/main", environment="prod")
+PUSH_TO_BRANCH_IN_PROD = github_token("push", "refs/heads/feature", environment="prod")
+
+
+def cel(expression: str, activation: Mapping[str, Any]) -> Any:
+    environment = celpy.Environment()
+    return environment.program(environment.compile(expression)).evaluate(dict(activation))
+
+
+def exchange(run: ProgramRun, claims: Mapping[str, str]) -> dict[str, str] | None:
+    """The attributes the provider maps from `claims`, or None when its condition refuses the token."""
+    provider = one(run, PROVIDER).inputs
+    assertion = celpy.json_to_cel(dict(claims))
+    attributes = {
+        key: str(cel(expression, {"assertion": assertion})) for key, expression in provider["attributeMapping"].items()
+    }
+    custom = {
+        key.removeprefix("attribute."): value for key, value in attributes.items() if key.startswith("attribute.")
+    }
+    google = {key.removeprefix("google."): value for key, value in attributes.items() if key.startswith("google.")}
+    activation = {"assertion": assertion, "attribute": celpy.json_to_cel(custom), "google": celpy.json_to_cel(google)}
+    return attributes if bool(cel(provider["attributeCondition"], activation)) else None
+
+
+def admits(member: str, attributes: Mapping[str, str]) -> bool:
+    """Whether an IAM member of the pool names the identity with these attributes."""
+    principal_set = f"principalSet://iam.googleapis.com/{POOL_NAME}/"
+    principal = f"principal://iam.googleapis.com/{POOL_NAME}/subject/"
+    if member == f"{principal_set}*":
+        return True
+    if member.startswith(f"{principal_set}attribute."):
+        name, _, value = member.removeprefix(principal_set).partition("/")
+        return attributes.get(name) == value
+    if member.startswith(principal):
+        return attributes.get("google.subject") == member.removeprefix(principal)
+    raise AssertionError(f"not a member of this pool, or a form this test does not model: {member}")
+
+
+def account_named(run: ProgramRun, account_id: str) -> Registration:
+    [account] = [a for a in run.of_type(ACCOUNT) if a.inputs["accountId"] == account_id]
+    return account
+
+
+def impersonators(run: ProgramRun, account_id: str) -> list[str]:
+    """The members holding workloadIdentityUser on that account."""
+    name = account_named(run, account_id).outputs["name"]
+    return [
+        grant.inputs["member"]
+        for grant in run.of_type(ACCOUNT_IAM)
+        if grant.inputs["serviceAccountId"] == name and grant.inputs["role"] == "roles/iam.workloadIdentityUser"
+    ]
+
+
+def may_impersonate(run: ProgramRun, account_id: str, claims: Mapping[str, str]) -> bool:
+    attributes = exchange(run, claims)
+    return attributes is not None and any(admits(m, attributes) for m in impersonators(run, account_id))
+
+
+def deployer_stack(stack: str) -> ProgramRun:
+    """That deployer stack file's program, with the tokens' repository in place of the sample's."""
+    config = stack_config(DEPLOYER_DIR / f"Pulumi.{stack}.yaml")
+    config[f"{DEPLOYER_NAMESPACE}:repository"] = REPOSITORY
+    return evaluate(
+        config,
+        stack=stack,
+        program=DEPLOYER_PROGRAM,
+        project=DEPLOYER_NAMESPACE,
+        cloud=FederationGcp(project_number=PROJECT_NUMBER),
+    )
+
+
+@pytest.fixture(scope="module")
+def prod_deployer() -> ProgramRun:
+    return deployer_stack("prod")
+
+
+@pytest.mark.parametrize("claims", [PULL_REQUEST, PULL_REQUEST_IN_PROD], ids=["plain", "naming-prod"])
+def test_a_pull_request_cannot_impersonate_the_deployer(prod_deployer: ProgramRun, claims: dict[str, str]) -> None:
+    assert exchange(prod_deployer, claims) is not None  # the pool still takes the token: previews need it
+    assert not may_impersonate(prod_deployer, DEPLOY_ACCOUNT_ID, claims)
+
+
+@pytest.mark.parametrize(
+    "claims", [PUSH_TO_MAIN, PUSH_TO_MAIN_IN_DEV, PUSH_TO_BRANCH_IN_PROD], ids=["no-environment", "dev", "other-branch"]
+)
+def test_only_mains_prod_environment_reaches_the_prod_deployer(
+    prod_deployer: ProgramRun, claims: dict[str, str]
+) -> None:
+    assert not may_impersonate(prod_deployer, DEPLOY_ACCOUNT_ID, claims)
+    assert may_impersonate(prod_deployer, DEPLOY_ACCOUNT_ID, PUSH_TO_MAIN_IN_PROD)  # the deploy job itself still can
+
+
+def test_pull_requests_and_only_they_get_the_preview_identity(prod_deployer: ProgramRun) -> None:
+    assert may_impersonate(prod_deployer, PREVIEW_ACCOUNT_ID, PULL_REQUEST)
+    for claims in (
+        PUSH_TO_MAIN,
+        PUSH_TO_MAIN_IN_PROD,
+        github_token("pull_request", "refs/pull/7/merge", repository="octo-org/fork"),
+    ):
+        assert not may_impersonate(prod_deployer, PREVIEW_ACCOUNT_ID, claims), claims
+
+
+def test_the_mapping_evaluates_for_every_kind_of_job(prod_deployer: ProgramRun) -> None:
+    # A mapping that reads a claim some tokens lack (`environment` on pull requests) fails their exchange.
+    for claims in (
+        PULL_REQUEST,
+        PUSH_TO_MAIN,
+        PUSH_TO_MAIN_IN_PROD,
+        github_token("workflow_dispatch", "refs/heads/main"),
+    ):
+        exchange(prod_deployer, claims)
+    with pytest.raises(celpy.CELEvalError):
+        cel("assertion.environment", {"assertion": celpy.json_to_cel(PULL_REQUEST)})  # what the guard prevents
+
+
+def test_another_repository_is_refused_by_the_condition(prod_deployer: ProgramRun) -> None:
+    for claims in (PULL_REQUEST, PUSH_TO_MAIN_IN_PROD):
+        assert exchange(prod_deployer, {**claims, "repository": "octo-org/other"}) is None
+
+
+def test_the_preview_account_holds_only_read_only_roles(deployer: ProgramRun) -> None:
+    member = account_named(deployer, PREVIEW_ACCOUNT_ID).outputs["member"]
+    roles = {g.inputs["role"] for g in deployer.of_type(PROJECT_IAM) if g.inputs["member"] == member}
+    assert roles and roles <= READ_ONLY_ROLES, roles - READ_ONLY_ROLES
+    # Nor anything on an account: no actAs, no token minting, no admin over the deployer.
+    assert [g.inputs["role"] for g in deployer.of_type(ACCOUNT_IAM) if g.inputs["member"] == member] == []
+
+
+def test_pull_request_previews_authenticate_as_the_preview_identity() -> None:
+    for name, job in jobs_running("preview").items():
+        auth = next(s for s in steps(job) if action(s) == AUTH_ACTION)
+        assert "GCP_PREVIEW_SERVICE_ACCOUNT_" in auth["with"]["service_account"], name
+    for name, job in jobs_running("up").items():
+        auth = next(s for s in steps(job) if action(s) == AUTH_ACTION)
+        assert "PREVIEW" not in auth["with"]["service_account"], name
+
+
+def test_every_preview_and_up_refreshes_first() -> None:
+    # A CD-managed image changes outside Pulumi; an update planned on stale state would revert it.
+    pulumi_commands = [c for job in jobs_running("").values() for c in commands(job) if runs_pulumi({"run": c})]
+    assert len(pulumi_commands) == 1 + len(STACKS)
+    for command in pulumi_commands:
+        assert "--refresh" in command.split(), command
 
 
 # --- refused config ------------------------------------------------------------------------------------
@@ -534,7 +809,26 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"serviceAccountId": "dep"}, "serviceAccountId: 'dep' is not a service account id"),
     ({"deployBranch": "main' || true || '"}, "deployBranch: \"main' || true || '\" is not a branch name"),
     ({"deployBranch": "a..b"}, "deployBranch: 'a..b' is not a branch name"),
-    ({"repo": "octo-org/tasks"}, "repo: unknown key; allowed keys are repository, deployBranch"),
+    ({"repo": "octo-org/tasks"}, "repo: unknown key; allowed keys are repository, deployBranch, deployEnvironments"),
+    ({"deployEnvironments": None}, "deployEnvironments: missing; the GitHub environments whose jobs may deploy"),
+    (
+        {"deployEnvironments": []},
+        "deployEnvironments: expected a non-empty list of GitHub environment names, got list []",
+    ),
+    (
+        {"deployEnvironments": "prod"},
+        "deployEnvironments: expected a non-empty list of GitHub environment names, got string",
+    ),
+    ({"deployEnvironments": ["prod", "prod"]}, "deployEnvironments[1]: 'prod' is listed twice"),
+    ({"deployEnvironments": ["prod", 7]}, "deployEnvironments[1]: expected a GitHub environment name, got number 7"),
+    ({"deployEnvironments": ["pro d"]}, "deployEnvironments[0]: 'pro d' is not a GitHub environment name"),
+    ({"deployEnvironments": ["prod/eu"]}, "deployEnvironments[0]: 'prod/eu' is not a GitHub environment name"),
+    ({"deployEnvironments": ["Prod_1.eu-west"]}, ""),  # valid
+    ({"previewServiceAccountId": "pre"}, "previewServiceAccountId: 'pre' is not a service account id"),
+    (
+        {"previewServiceAccountId": "pulumi-deployer"},
+        "previewServiceAccountId: 'pulumi-deployer' is also serviceAccountId",
+    ),
 ]
 
 
@@ -580,10 +874,13 @@ def test_invalid_repositories_are_refused(repository: str) -> None:
     after=st.sampled_from(["", "tasks", " || true || '"]) | st.text(max_size=20),
 )
 def test_nothing_that_could_break_out_of_the_cel_string_is_accepted(before: str, breakout: str, after: str) -> None:
-    # Both values are written between single quotes in the attribute condition.
+    # Both values are written between single quotes in the attribute condition; an environment ends a
+    # principalSet after a ':' and a '/'.
     value = before + breakout + after
     assert repository_problem(value) is not None
     assert branch_problem(value) is not None
+    assert environment_problem(value) is not None
+    assert environment_problem(f"{value}/x:y") is not None
 
 
 # --- the deployer project files ------------------------------------------------------------------------
@@ -599,7 +896,20 @@ def test_deployer_project_uses_the_repository_virtualenv_and_declares_its_keys()
         "options": {"toolchain": "pip", "virtualenv": f"../{makefile_venv[1]}"},
     }
     assert list(project["config"]) == list(DEPLOYER_KEYS)
-    assert all(spec == {"type": "string", "description": spec["description"]} for spec in project["config"].values())
+    # The CLI refuses a stack lacking a declared key that has no default: only the required keys lack one,
+    # and every default is the code's.
+    defaults = {
+        "deployBranch": DEFAULT_DEPLOY_BRANCH,
+        "poolId": DEFAULT_POOL_ID,
+        "providerId": DEFAULT_PROVIDER_ID,
+        "serviceAccountId": DEFAULT_DEPLOY_ACCOUNT_ID,
+        "previewServiceAccountId": DEFAULT_PREVIEW_ACCOUNT_ID,
+    }
+    for key, spec in project["config"].items():
+        kind = {"type": "array", "items": {"type": "string"}} if key == "deployEnvironments" else {"type": "string"}
+        default = {"default": defaults[key]} if key in defaults else {}
+        assert spec == {**kind, **default, "description": spec["description"]}, key
+    assert set(defaults) == set(DEPLOYER_KEYS) - {"repository", "deployEnvironments"}
 
 
 def stack_config(path: Path) -> dict[str, str]:
@@ -611,6 +921,19 @@ def test_each_project_a_stack_deploys_to_has_exactly_one_deployer_stack() -> Non
     assert len(set(deployer_projects)) == len(deployer_projects)  # one pool per project: a second would clash
     stack_projects = {stack_config(PROJECT_DIR / f"Pulumi.{stack}.yaml")["gcp:project"] for stack in STACKS}
     assert set(deployer_projects) == stack_projects
+
+
+def test_each_deployer_accepts_exactly_the_environment_of_the_job_deploying_to_its_project() -> None:
+    # dev's deployer must not take prod's jobs, nor prod's deployer dev's (which has no reviewers).
+    environment_of = {}
+    for stack, name in deploy_jobs().items():
+        environment = JOBS[name]["environment"]
+        project = stack_config(PROJECT_DIR / f"Pulumi.{stack}.yaml")["gcp:project"]
+        environment_of[project] = environment if isinstance(environment, str) else environment["name"]
+    for path in DEPLOYER_DIR.glob("Pulumi.*.yaml"):
+        config = stack_config(path)
+        accepted = json.loads(config[f"{DEPLOYER_NAMESPACE}:deployEnvironments"])
+        assert accepted == [environment_of[config["gcp:project"]]], path.name
 
 
 @pytest.mark.parametrize("path", sorted(DEPLOYER_DIR.glob("Pulumi.*.yaml")), ids=lambda path: path.name)
