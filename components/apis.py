@@ -10,12 +10,14 @@ import pulumi_gcp as gcp
 CLOUD_TASKS_API = "cloudtasks.googleapis.com"
 CLOUD_RUN_API = "run.googleapis.com"
 IAM_API = "iam.googleapis.com"
+SECRET_MANAGER_API = "secretmanager.googleapis.com"  # only when the service reads secrets
+DEFAULT_APIS = (CLOUD_TASKS_API, CLOUD_RUN_API, IAM_API)
 
 
 @dataclass(frozen=True)
 class ProjectApisArgs:
     project: pulumi.Input[str]
-    services: tuple[str, ...] = (CLOUD_TASKS_API, CLOUD_RUN_API, IAM_API)
+    services: tuple[str, ...] = DEFAULT_APIS
 
 
 class ProjectApis(pulumi.ComponentResource):

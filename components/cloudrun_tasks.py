@@ -6,9 +6,18 @@ import shlex
 from typing import Any
 
 import pulumi
+import pulumi_gcp as gcp
 import pulumi_random as random
 
-from components.apis import CLOUD_RUN_API, CLOUD_TASKS_API, IAM_API, ProjectApis, ProjectApisArgs
+from components.apis import (
+    CLOUD_RUN_API,
+    CLOUD_TASKS_API,
+    DEFAULT_APIS,
+    IAM_API,
+    SECRET_MANAGER_API,
+    ProjectApis,
+    ProjectApisArgs,
+)
 from components.handler_service import TaskHandlerService, TaskHandlerServiceArgs
 from components.invoker import InvokerIdentity, InvokerIdentityArgs
 from components.settings import QUEUE_SUFFIX_HEX_LENGTH, QueueSettings, Settings
@@ -27,7 +36,14 @@ class CloudRunTasks(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cloudrun-tasks:index:CloudRunTasks", name, None, opts)
         s = settings
-        apis = ProjectApis(f"{name}-apis", ProjectApisArgs(project=s.project), opts=self._after())
+        secrets_used = bool(s.service.secret_env)
+        apis = ProjectApis(
+            f"{name}-apis",
+            ProjectApisArgs(
+                project=s.project, services=(*DEFAULT_APIS, *((SECRET_MANAGER_API,) if secrets_used else ()))
+            ),
+            opts=self._after(),
+        )
         every_enqueuer = tuple(dict.fromkeys(m for q in s.queues for m in q.enqueuers))
         invoker = InvokerIdentity(
             f"{name}-invoker",
@@ -35,12 +51,14 @@ class CloudRunTasks(pulumi.ComponentResource):
             opts=self._after(apis.apis[IAM_API], apis.apis[CLOUD_TASKS_API]),
         )
         queue_ids = {q.key: self._queue_id(name, s.name_prefix, q.key) for q in s.queues}
+        audience = _deterministic_url(s)
         handler = TaskHandlerService(
             f"{name}-handler",
-            _handler_args(s, queue_ids, invoker),
-            opts=self._after(apis.apis[CLOUD_RUN_API], apis.apis[IAM_API]),
+            _handler_args(s, queue_ids, invoker, audience),
+            opts=self._after(
+                apis.apis[CLOUD_RUN_API], apis.apis[IAM_API], *([apis.apis[SECRET_MANAGER_API]] if secrets_used else [])
+            ),
         )
-        audience = handler.uri
         queues = {
             q.key: TaskQueue(
                 f"{name}-{q.key}",
@@ -79,8 +97,16 @@ class CloudRunTasks(pulumi.ComponentResource):
         return hex_.apply(lambda value: f"{prefix}-{key}-{value}")
 
 
+def _deterministic_url(s: Settings) -> pulumi.Output[str]:
+    """The service's URL that Cloud Run derives from its name, project number and region: known before the
+    service exists, and accepted as a token's audience as the random-hash URL is. Tokens carry it, and the
+    handler checks it, so no audience is ever taken from the headers of a request."""
+    number = gcp.organizations.get_project_output(project_id=s.project).number
+    return pulumi.Output.concat("https://", s.service.name, "-", number, ".", s.location, ".run.app")
+
+
 def _handler_args(
-    s: Settings, queue_ids: dict[str, pulumi.Output[str]], invoker: InvokerIdentity
+    s: Settings, queue_ids: dict[str, pulumi.Output[str]], invoker: InvokerIdentity, audience: pulumi.Output[str]
 ) -> TaskHandlerServiceArgs:
     service = s.service
     queue_table = pulumi.Output.all(**queue_ids).apply(
@@ -113,10 +139,18 @@ def _handler_args(
             **dict(service.env),
             handler_env.QUEUES: queue_table,
             handler_env.INVOKER_EMAILS: invoker.email,
+            handler_env.OIDC_AUDIENCE: audience,
             handler_env.PROJECT: s.project,
         },
         manage_image=service.manage_image,
         deletion_protection=s.deletion_protection,
+        cpu_always_allocated=service.cpu_always_allocated,
+        startup_cpu_boost=service.startup_cpu_boost,
+        startup_probe=service.startup_probe,
+        liveness_probe=service.liveness_probe,
+        vpc=service.vpc,
+        secret_env=service.secret_env,
+        labels=dict(s.labels),
     )
 
 

@@ -12,6 +12,7 @@ from components.apis import CLOUD_TASKS_API
 from components.options import child_options
 
 SERVICE_ACCOUNT_USER = "roles/iam.serviceAccountUser"
+TASKS_SERVICE_AGENT = "roles/cloudtasks.serviceAgent"
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,21 @@ class InvokerIdentity(pulumi.ComponentResource):
         tasks_agent = gcp.projects.ServiceIdentity(
             f"{name}-tasks-agent", project=args.project, service=CLOUD_TASKS_API, opts=child
         )
+        # The agent's own role, which holds getOpenIdToken. Google grants it when the API is enabled, but not
+        # to an agent that ServiceIdentity creates first. This is the stack's one project-level grant: a
+        # service agent's role is granted on the project, as Google's own automatic grant is.
+        agent_role = gcp.projects.IAMMember(
+            f"{name}-tasks-agent-role",
+            project=args.project,
+            role=TASKS_SERVICE_AGENT,
+            member=tasks_agent.member,
+            opts=child,
+        )
         # Current Google guide: the agent needs Service Account User on the account it mints tokens for.
-        self.grants: list[pulumi.CustomResource] = [self._act_as(f"{name}-tasks-agent-user", tasks_agent.member, child)]
+        self.grants: list[pulumi.CustomResource] = [
+            agent_role,
+            self._act_as(f"{name}-tasks-agent-user", tasks_agent.member, child),
+        ]
         self.grants += [
             self._act_as(f"{name}-user-{member}", member, child) for member in dict.fromkeys(args.enqueuers)
         ]

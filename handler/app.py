@@ -69,6 +69,10 @@ class TaskService:
         self._dead_letters = dead_letters
         self._verifier = verifier
         self._log = log
+        if verifier is not None and not settings.oidc_audience:
+            # Never the request's Host or X-Forwarded-Proto: a caller writes those.
+            raise ValueError("token checks need settings.oidc_audience, the service's URL")
+        self._audience = settings.oidc_audience or ""
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -99,9 +103,8 @@ class TaskService:
         """None when the caller may call; else the refusal."""
         if self._verifier is None:
             return None
-        audience = self._settings.oidc_audience or _origin(request)
         try:
-            await run_in_threadpool(self._verifier.verify, request.headers.get("authorization"), audience)
+            await run_in_threadpool(self._verifier.verify, request.headers.get("authorization"), self._audience)
         except TokenRejected as err:
             return Reply(err.status, TaskOutcome.REFUSED, err.reason)
         except VerifierUnavailable as err:
@@ -194,12 +197,6 @@ class TaskService:
 
 def _final(context: TaskContext) -> str:
     return f"final attempt ({context.attempt} of {context.max_attempts})"
-
-
-def _origin(request: Request) -> str:
-    """The URL the caller addressed: on Cloud Run, the service URL, which is what the token's audience is."""
-    scheme = request.headers.get("x-forwarded-proto", request.url.scheme)
-    return f"{scheme}://{request.headers.get('host', request.url.netloc)}"
 
 
 async def _body(request: Request) -> bytes | None:

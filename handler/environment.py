@@ -40,6 +40,11 @@ class HandlerSettings:
         emails = frozenset(e.strip() for e in env.get(INVOKER_EMAILS, "").split(",") if e.strip())
         if verify == "true" and not emails:
             raise HandlerConfigError(f"{VERIFY_OIDC} is true but {INVOKER_EMAILS} names no invoker to accept")
+        if verify == "true" and not env.get(OIDC_AUDIENCE):
+            raise HandlerConfigError(
+                f"{VERIFY_OIDC} is true but {OIDC_AUDIENCE} is not set; set it to the service's URL"
+                " (the stack sets its deterministic URL)"
+            )
         try:
             queues = decode_queue_table(env.get(QUEUES, "{}"))
         except QueueTableError as err:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import runpy
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,10 +165,11 @@ class SimulatedGcp(pulumi.runtime.Mocks):
     def _run_app_url(self, service: str, location: str) -> str:
         return f"https://{service}-{_short_hash(service, location, length=10)}-ew.a.run.app"
 
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        # No failures: the mock monitor iterates the list, so it is empty rather than None.
         if args.token == "gcp:organizations/getProject:getProject":
-            return {"number": self.project_number, "projectId": args.args.get("projectId")}, None
-        return {}, None
+            return {"number": self.project_number, "projectId": args.args.get("projectId")}, []
+        return {}, []
 
 
 class _RecordingMonitor(mocks.MockMonitor):
@@ -192,8 +193,10 @@ def evaluate(
     preview: bool = False,
     program: Path = PROGRAM,
     project: str = PROJECT_NAME,
+    secret_keys: Collection[str] = (),
 ) -> ProgramRun:
-    """Run the program once with `config` (raw strings, as the CLI passes them) and return what it did."""
+    """Run the program once with `config` (raw strings, as the CLI passes them, `secret_keys` the keys it
+    marks secret) and return what it did."""
     cloud = cloud or SimulatedGcp()
     monitor = _RecordingMonitor(cloud)
     warnings = _WarningCollector()
@@ -212,7 +215,7 @@ def evaluate(
     asyncio.set_event_loop(loop)
     try:
         pulumi.runtime.reset_options()  # a fresh root stack per run, which set_mocks then creates
-        pulumi.runtime.set_all_config(dict(config))
+        pulumi.runtime.set_all_config(dict(config), list(secret_keys))
         pulumi.runtime.set_mocks(
             cloud, project=project, stack=stack, preview=preview, monitor=monitor, logger=warnings.logger
         )

@@ -50,6 +50,9 @@ class ServicePlan:
     port: int
     env: Mapping[str, str]  # as the program declared it for the container
     invokers: frozenset[str]  # emails holding roles/run.invoker on this service
+    # Env vars the program reads from Secret Manager: there is none locally, so each is taken from this
+    # machine's environment under the same name when it is set there, and left unset otherwise.
+    secret_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,15 @@ def _service(run: ProgramRun, url: str, port: int) -> ServicePlan:
         raise LocalStackError(f"the program declares {len(services)} Cloud Run services; the local stack runs one")
     inputs = services[0].inputs
     container = inputs["template"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("envs", [])}
+    envs = container.get("envs", [])
+    env = {e["name"]: e["value"] for e in envs if "value" in e}
+    secret_env = tuple(e["name"] for e in envs if "valueSource" in e)
     invokers = frozenset(
         grant.inputs["member"].removeprefix("serviceAccount:")
         for grant in run.of_type(SERVICE_IAM)
         if grant.inputs["role"] == RUN_INVOKER and grant.inputs["name"] == inputs["name"]
     )
-    return ServicePlan(name=inputs["name"], url=url, port=port, env=env, invokers=invokers)
+    return ServicePlan(name=inputs["name"], url=url, port=port, env=env, invokers=invokers, secret_env=secret_env)
 
 
 def _queues(run: ProgramRun) -> Iterator[tasks_v2.Queue]:
@@ -232,13 +237,14 @@ def running(
 
 
 def _handler_env(service: ServicePlan, certs_url: str) -> dict[str, str]:
-    # Cloud Run's checks, done by the handler: signature (emulator keys), audience (service URL), and the
-    # invoker role, taken from the run.invoker grants the program declares rather than from its own env.
+    # Cloud Run's checks, done by the handler: signature (emulator keys), audience (the service's
+    # deterministic URL, which the program declares in the env as it does in every token), and the invoker
+    # role, taken from the run.invoker grants the program declares rather than from its own env.
     return {
+        **{name: os.environ[name] for name in service.secret_env if name in os.environ},
         **service.env,
         handler_env.VERIFY_OIDC: "true",
         handler_env.OIDC_CERTS_URL: certs_url,
-        handler_env.OIDC_AUDIENCE: service.url,
         handler_env.INVOKER_EMAILS: ",".join(sorted(service.invokers)),
         handler_env.PORT: str(service.port),
     }

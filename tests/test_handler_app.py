@@ -16,6 +16,7 @@ from contract.outcomes import TaskOutcome
 from handler.app import MAX_BODY_BYTES, create_app
 from handler.dead_letters import MemoryDeadLetters
 from handler.environment import HandlerConfigError, HandlerSettings
+from handler.oidc import TokenVerifier
 from handler.structured_log import JsonLog
 from handler.tasks import PermanentError, RetryLater, TaskContext, TaskRouter
 
@@ -290,6 +291,10 @@ def test_default_dead_letter_sink_is_a_structured_error_entry(log: io.StringIO) 
         ({"TASKS_QUEUES": '{"q": {"key": "k"}}'}, "TASKS_QUEUES: expected"),
         ({"TASKS_VERIFY_OIDC": "yes"}, "TASKS_VERIFY_OIDC: 'yes' is not true or false"),
         ({"TASKS_VERIFY_OIDC": "true"}, "TASKS_VERIFY_OIDC is true but TASKS_INVOKER_EMAILS names no invoker"),
+        (
+            {"TASKS_VERIFY_OIDC": "true", "TASKS_INVOKER_EMAILS": "i@p.iam.gserviceaccount.com"},
+            "TASKS_VERIFY_OIDC is true but TASKS_OIDC_AUDIENCE is not set",
+        ),
     ],
 )
 def test_bad_environment_is_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
@@ -307,3 +312,10 @@ def test_environment_set_by_the_stack_is_understood() -> None:
     assert settings.queues == {QUEUE: QueueEntry("default", 5)}
     assert settings.invoker_emails == {"tasks-dev-invoker@my-tasks-dev.iam.gserviceaccount.com"}
     assert settings.project == "my-tasks-dev" and settings.verify_oidc is False
+
+
+def test_token_checks_without_an_audience_are_refused_when_the_app_is_built() -> None:
+    """The audience never comes from the request (Host, X-Forwarded-Proto): without one, no app."""
+    verifier = TokenVerifier(allowed_emails={"invoker@p.iam.gserviceaccount.com"}, certs_url="http://127.0.0.1:9/certs")
+    with pytest.raises(ValueError, match="oidc_audience"):
+        create_app(TaskRouter(), SETTINGS, verifier=verifier)

@@ -216,11 +216,22 @@ def test_the_token_matrix_on_a_real_server(certs: CertsServer, keys: dict[str, A
         handler.stop()
 
 
-def test_without_a_configured_audience_the_service_url_is_expected(certs: CertsServer, keys: dict[str, Any]) -> None:
-    handler = verifying_handler(certs, None)
-    try:
-        own = handler.post("/tasks/default", task="a", Authorization=f"Bearer {mint(keys['k1'], aud=handler.url)}")
-        other = handler.post("/tasks/default", task="b", Authorization=f"Bearer {mint(keys['k1'])}")
-        assert (own.status_code, other.status_code) == (200, 401)
-    finally:
-        handler.stop()
+def test_a_verifying_handler_without_an_audience_refuses_to_start(certs: CertsServer) -> None:
+    """The audience is never taken from Host or X-Forwarded-Proto, which the caller writes: a token minted
+    for another service, sent with that service's Host, would pass."""
+    env = {**os.environ, "TASKS_QUEUES": QUEUES, "TASKS_VERIFY_OIDC": "true", "TASKS_INVOKER_EMAILS": INVOKER,
+           "TASKS_OIDC_CERTS_URL": certs.url, "PYTHONPATH": str(PROJECT_DIR)}  # fmt: skip
+    env.pop("TASKS_OIDC_AUDIENCE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "--port", str(free_port())],
+        env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr == "error: TASKS_VERIFY_OIDC is true but TASKS_OIDC_AUDIENCE is not set; set it to the"
+        " service's URL (the stack sets its deterministic URL)\n"
+    )

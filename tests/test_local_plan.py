@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import pytest
 from google.cloud import tasks_v2
 
 from contract.outputs import StackOutputs
@@ -11,6 +13,8 @@ from localcloud.stack import _handler_env, plan, stack_config
 
 PORT = 18080
 URL = f"http://127.0.0.1:{PORT}"
+# The audience Cloud Run accepts and the program puts in every token, locally as in the cloud.
+AUDIENCE = "https://tasks-dev-handler-123456789012.europe-west1.run.app"
 
 
 def dev_plan():  # type: ignore[no-untyped-def]
@@ -19,7 +23,7 @@ def dev_plan():  # type: ignore[no-untyped-def]
 
 def test_outputs_point_at_the_local_service() -> None:
     outputs = StackOutputs.from_mapping(dev_plan().outputs)
-    assert outputs.service_url == outputs.oidc_audience == URL
+    assert (outputs.service_url, outputs.oidc_audience) == (URL, AUDIENCE)
     assert outputs.queues["emails"].task_url == f"{URL}/tasks/send-email"
 
 
@@ -37,7 +41,7 @@ def test_queues_carry_the_configured_rate_retry_and_routing() -> None:
     assert override.path_override.path == "/tasks/send-email"
     assert override.uri_override_enforce_mode == tasks_v2.UriOverride.UriOverrideEnforceMode.ALWAYS
     assert emails.http_target.oidc_token.service_account_email == outputs.invoker_email
-    assert emails.http_target.oidc_token.audience == URL
+    assert emails.http_target.oidc_token.audience == AUDIENCE
     default = queues[outputs.queues["default"].path]
     assert default.retry_config.min_backoff == timedelta(seconds=1)
     assert default.retry_config.max_doublings == 3
@@ -51,6 +55,17 @@ def test_the_service_runs_with_the_declared_env_and_cloud_runs_checks() -> None:
     env = _handler_env(local.service, "http://127.0.0.1:9/oauth2/v1/certs")
     assert env["TASKS_QUEUES"] == local.service.env["TASKS_QUEUES"]
     assert env["TASKS_VERIFY_OIDC"] == "true"
-    assert env["TASKS_OIDC_AUDIENCE"] == URL
+    assert env["TASKS_OIDC_AUDIENCE"] == AUDIENCE
     assert env["TASKS_INVOKER_EMAILS"] == outputs.invoker_email
     assert env["TASKS_OIDC_CERTS_URL"] == "http://127.0.0.1:9/oauth2/v1/certs"
+
+
+def test_secrets_come_from_this_machines_environment_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local mode has no Secret Manager: a secret env var takes the value of the same name here, if any."""
+    config = {**stack_config("dev"), "cloudrun-tasks:service": json.dumps({"secretEnv": {"DB_PASSWORD": "db"}})}
+    local = plan(config, "dev", PORT)
+    assert local.service.secret_env == ("DB_PASSWORD",)
+    assert "DB_PASSWORD" not in local.service.env
+    assert "DB_PASSWORD" not in _handler_env(local.service, "http://127.0.0.1:9/certs")
+    monkeypatch.setenv("DB_PASSWORD", "local-only")
+    assert _handler_env(local.service, "http://127.0.0.1:9/certs")["DB_PASSWORD"] == "local-only"

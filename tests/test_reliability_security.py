@@ -173,7 +173,8 @@ def test_an_expired_token_from_a_trusted_signer_is_refused_as_expired() -> None:
             answers = {}
             for n, shift in enumerate((0.0, -TWO_HOURS, TWO_HOURS)):
                 offset[0] = shift
-                response = post_direct(service.url, queue, f"clock-{n}", issuer.mint(invoker, service.url))
+                token = issuer.mint(invoker, service.env["TASKS_OIDC_AUDIENCE"])
+                response = post_direct(service.url, queue, f"clock-{n}", token)
                 answers[shift] = (response.status_code, response.json().get("reason", ""))
         finally:
             stop_process(handler)

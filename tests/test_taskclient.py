@@ -61,7 +61,7 @@ def test_json_task_carries_the_invoker_token_and_explicit_audience(
     assert request.headers["Content-Type"] == "application/json"
     assert request.body == b'{"order":42}'
     assert request.oidc_token.service_account_email == dev_stack().invoker_email
-    assert request.oidc_token.audience == dev_stack().oidc_audience == dev_stack().service_url
+    assert request.oidc_token.audience == dev_stack().oidc_audience != dev_stack().service_url
     assert task.dispatch_deadline == timedelta(seconds=600)
     assert ("x-goog-request-params", f"parent={dev_stack().queues['default'].path}") in server.faults.calls(
         "CreateTask"
