@@ -29,7 +29,7 @@ from handler.environment import HandlerSettings
 from handler.idempotency import Claim, IdempotencyStore, MemoryStore
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
-from handler.tasks import MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
+from handler.tasks import BodyKind, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
 
 MAX_BODY_BYTES = MAX_TASK_BYTES  # anything bigger did not come from Cloud Tasks intact
 IN_PROGRESS_RETRY_AFTER_S = 30
@@ -134,15 +134,19 @@ class TaskService:
         return reply
 
     async def _run(self, path: str, body: bytes | None, context: TaskContext) -> Reply:
-        function = self._router.get(path)
-        if function is None:
+        task_type = self._router.get(path)
+        if task_type is None:
             return await self._dead_letter(path, body, context, f"no task type is registered at {path}")
         if body is None:
-            return await self._dead_letter(path, b"", context, f"body is over {MAX_BODY_BYTES} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
-            return await self._dead_letter(path, body, context, f"body is not JSON: {type(err).__name__}: {err}")
+            return await self._dead_letter(path, None, context, f"body is over {MAX_BODY_BYTES} bytes")
+        function = task_type.function
+        payload: Any = body
+        if task_type.body is BodyKind.JSON:
+            try:
+                payload = json.loads(body)
+            except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
+                reason = f"body is not JSON: {type(err).__name__}: {err}"
+                return await self._dead_letter(path, body, context, reason)
         try:
             if inspect.iscoroutinefunction(function):
                 await function(payload, context)
@@ -163,7 +167,7 @@ class TaskService:
         return Reply(200, TaskOutcome.DONE)
 
     async def _dead_letter(self, path: str, body: bytes | None, context: TaskContext, reason: str) -> Reply:
-        letter = dead_letter(context.queue, context.task, path, context.attempt, reason, body or b"")
+        letter = dead_letter(context.queue, context.task, path, context.attempt, reason, body)
         try:
             await self._dead_letters.record(letter)
         except Exception as err:

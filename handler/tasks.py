@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from contract import cloud_tasks
@@ -112,27 +113,41 @@ def _eta(text: str | None) -> datetime | None:
         raise MalformedHeaders(f"{_ETA}: {text!r} is not seconds since the epoch") from None
 
 
+class BodyKind(StrEnum):
+    """What a task type takes: its body parsed as JSON, or the bytes as they came (images, protobufs)."""
+
+    JSON = "json"
+    BYTES = "bytes"
+
+
+@dataclass(frozen=True)
+class TaskType:
+    function: TaskFunction
+    body: BodyKind
+
+
 class TaskRouter:
-    """Path -> work function. `@router.task("/tasks/resize")` registers one."""
+    """Path -> task type. `@router.task("/tasks/report")` registers a function taking JSON;
+    `@router.task("/tasks/resize", body=BodyKind.BYTES)` one taking the body's bytes, never parsed."""
 
     def __init__(self) -> None:
-        self._functions: dict[str, TaskFunction] = {}
+        self._types: dict[str, TaskType] = {}
 
-    def task(self, path: str) -> Callable[[TaskFunction], TaskFunction]:
+    def task(self, path: str, *, body: BodyKind = BodyKind.JSON) -> Callable[[TaskFunction], TaskFunction]:
         if not path.startswith("/"):
             raise ValueError(f"task path {path!r} must start with '/'")
 
         def register(function: TaskFunction) -> TaskFunction:
-            if path in self._functions:
+            if path in self._types:
                 raise ValueError(f"task path {path!r} is registered twice")
-            self._functions[path] = function
+            self._types[path] = TaskType(function, body)
             return function
 
         return register
 
-    def get(self, path: str) -> TaskFunction | None:
-        return self._functions.get(path)
+    def get(self, path: str) -> TaskType | None:
+        return self._types.get(path)
 
     @property
     def paths(self) -> list[str]:
-        return sorted(self._functions)
+        return sorted(self._types)

@@ -130,7 +130,7 @@ def test_failure_on_the_final_attempt_is_dead_lettered_and_acknowledged(
     (letter,) = letters.letters
     assert (letter.queue, letter.task, letter.path, letter.attempt) == (QUEUE, "t1", "/tasks/boom", 3)
     assert letter.reason == "final attempt (3 of 3): RuntimeError: database unreachable"
-    assert json.loads(letter.payload) == {"order": 7}
+    assert letter.body is not None and json.loads(letter.body) == {"order": 7}
 
 
 def test_unknown_queue_never_counts_as_final(client: TestClient, letters: MemoryDeadLetters) -> None:
