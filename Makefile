@@ -11,7 +11,7 @@ POLICY_DUMPS := .localcloud/policy
 POLICY_STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard contract/*.py components/*.py handler/*.py taskclient/*.py localcloud/*.py)
 
-.PHONY: test lint typecheck unit policy deps bench local clean
+.PHONY: test lint typecheck unit redis-server policy deps bench local clean
 
 test: lint typecheck unit policy
 
@@ -28,8 +28,15 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed redis-server
 	$(PY) -m pytest
+
+# The idempotency tests run a real redis-server (tests/test_idempotency.py fails without one): install it from
+# apt when it is missing (as root, or through sudo on a developer's machine).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-server:
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 $(POLICY_VENV)/.installed: policy/requirements.txt
 	$(PYTHON) -m venv $(POLICY_VENV)

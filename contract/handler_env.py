@@ -25,6 +25,9 @@ VERIFY_OIDC: Final = "TASKS_VERIFY_OIDC"
 OIDC_AUDIENCE: Final = "TASKS_OIDC_AUDIENCE"
 # Where the token signing certs are served ({kid: PEM}); Google's by default, the emulator's locally.
 OIDC_CERTS_URL: Final = "TASKS_OIDC_CERTS_URL"
+# redis:// (or rediss://, unix://) URL of the shared idempotency store; unset: each instance remembers in memory,
+# which is only right for one instance that is never replaced (handler/idempotency.py).
+IDEMPOTENCY_REDIS_URL: Final = "TASKS_IDEMPOTENCY_REDIS_URL"
 # Project id, for the trace field of log entries (Cloud Logging links them to the request's trace).
 PROJECT: Final = "GOOGLE_CLOUD_PROJECT"
 # Cloud Run sets PORT (and the K_* names) itself.

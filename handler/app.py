@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +29,7 @@ from contract.cloud_tasks import MAX_TASK_BYTES
 from contract.outcomes import TaskOutcome
 from handler.dead_letters import DeadLetterSink, LogDeadLetters, dead_letter
 from handler.environment import HandlerSettings
-from handler.idempotency import Claim, IdempotencyStore, MemoryStore
+from handler.idempotency import Claim, IdempotencyStore, MemoryStore, RedisStore, lease_seconds
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
 from handler.tasks import BodyKind, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
@@ -95,6 +98,10 @@ class TaskService:
         self._log_request(request, path, context, reply, time.perf_counter() - started)
         return reply.response()
 
+    def _deadline(self, queue: str) -> float | None:
+        policy = self._settings.queues.get(queue)
+        return policy.dispatch_deadline_seconds if policy else None
+
     def _max_attempts(self, queue: str) -> int | None:
         policy = self._settings.queues.get(queue)
         return policy.max_attempts if policy else None
@@ -116,6 +123,13 @@ class TaskService:
         claim = await self._store.claim(key)
         if claim is Claim.DONE:
             return Reply(200, TaskOutcome.DUPLICATE, "this task was done before")
+        if claim is Claim.IN_PROGRESS and context.is_final_attempt:
+            # Answered 429, Cloud Tasks would delete the task; if the running copy then fails, nothing
+            # retries it. Recorded instead, erring toward a record of a task that may yet succeed.
+            reason = (
+                f"{_final(context)}: an earlier attempt of this task is still running; if it fails, no retry will come"
+            )
+            return await self._dead_letter(path, await _body(request), context, reason)
         if claim is Claim.IN_PROGRESS:
             return Reply(
                 429, TaskOutcome.IN_PROGRESS, "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S
@@ -147,11 +161,19 @@ class TaskService:
             except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
                 reason = f"body is not JSON: {type(err).__name__}: {err}"
                 return await self._dead_letter(path, body, context, reason)
+        deadline = self._deadline(context.queue)
         try:
             if inspect.iscoroutinefunction(function):
-                await function(payload, context)
+                # Cloud Tasks stops waiting at the dispatch deadline: work past it is cancelled, never left
+                # running with the task's claim while the retries are answered "in progress".
+                if not await _within(deadline, function(payload, context)):
+                    reason = f"outlived the {deadline:g}s dispatch deadline: cancelled (Cloud Tasks stopped waiting)"
+                    if context.is_final_attempt:
+                        return await self._dead_letter(path, body, context, f"{_final(context)}: {reason}")
+                    return Reply(504, TaskOutcome.FAILED, reason)
             else:
-                # A blocking work function runs in a worker thread, never on the event loop.
+                # A blocking work function runs in a worker thread, never on the event loop. A thread cannot
+                # be cancelled: it keeps the claim until it ends (a final attempt meanwhile is recorded).
                 await run_in_threadpool(function, payload, context)
         except PermanentError as err:
             return await self._dead_letter(path, body, context, f"permanent failure: {err}")
@@ -199,6 +221,19 @@ class TaskService:
         self._log.emit(severity, message, trace=request.headers.get("x-cloud-trace-context"), **fields)
 
 
+async def _within(deadline: float | None, work: Awaitable[Any]) -> bool:
+    """Runs `work`; False when the deadline cut it short. A TimeoutError of the work's own passes through."""
+    scope = asyncio.timeout(deadline)
+    try:
+        async with scope:
+            await work
+    except TimeoutError:
+        if scope.expired():
+            return False
+        raise
+    return True
+
+
 def _final(context: TaskContext) -> str:
     return f"final attempt ({context.attempt} of {context.max_attempts})"
 
@@ -228,13 +263,35 @@ def create_app(
     verifier: TokenVerifier | None = None,
     log: JsonLog | None = None,
 ) -> Starlette:
-    """The ASGI app. Defaults: in-memory idempotency, dead letters to the log, token checks only when
-    `settings.verify_oidc` (then against `settings.certs_url`, accepting `settings.invoker_emails`)."""
+    """The ASGI app. Defaults: idempotency in Redis when `settings.redis_url`, else in memory; dead letters to
+    the log; token checks only when `settings.verify_oidc` (then against `settings.certs_url`, accepting
+    `settings.invoker_emails`)."""
     log = log or JsonLog(project=settings.project)
     if verifier is None and settings.verify_oidc:
         verifier = TokenVerifier(allowed_emails=settings.invoker_emails, certs_url=settings.certs_url)
-    service = TaskService(router, settings, store or MemoryStore(), dead_letters or LogDeadLetters(log), verifier, log)
+    owned_store = None
+    if store is None:
+        store = owned_store = _idempotency_store(settings, log)
+    service = TaskService(router, settings, store, dead_letters or LogDeadLetters(log), verifier, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if isinstance(owned_store, RedisStore):
+                await owned_store.aclose()
+
     # Cloud Run reserves paths ending in "z" (such as /healthz), hence /health.
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service.handle, methods=["POST"])]
+        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service.handle, methods=["POST"])],
+        lifespan=lifespan,
     )
+
+
+def _idempotency_store(settings: HandlerSettings, log: JsonLog) -> MemoryStore | RedisStore:
+    """Redis when the environment names one (shared by every instance), else this process's memory."""
+    lease = lease_seconds(settings.queues)
+    if settings.redis_url:
+        return RedisStore.from_url(settings.redis_url, lease_seconds=lease)
+    return MemoryStore(lease_seconds=lease, log=log)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from contract.handler_env import (
     GOOGLE_CERTS_URL,
+    IDEMPOTENCY_REDIS_URL,
     INVOKER_EMAILS,
     OIDC_AUDIENCE,
     OIDC_CERTS_URL,
@@ -17,6 +18,8 @@ from contract.handler_env import (
     QueueTableError,
     decode_queue_table,
 )
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")  # what redis.asyncio.Redis.from_url reads
 
 
 class HandlerConfigError(ValueError):
@@ -31,6 +34,7 @@ class HandlerSettings:
     oidc_audience: str | None = None
     certs_url: str = GOOGLE_CERTS_URL
     project: str | None = None
+    redis_url: str | None = None  # the shared idempotency store; None: in memory, per instance
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> HandlerSettings:
@@ -49,6 +53,12 @@ class HandlerSettings:
             queues = decode_queue_table(env.get(QUEUES, "{}"))
         except QueueTableError as err:
             raise HandlerConfigError(str(err)) from None
+        redis_url = env.get(IDEMPOTENCY_REDIS_URL, "").strip() or None
+        if redis_url is not None and not redis_url.startswith(REDIS_URL_SCHEMES):
+            raise HandlerConfigError(
+                f"{IDEMPOTENCY_REDIS_URL}: {redis_url!r} is not a redis:// (rediss://, unix://) URL,"
+                " e.g. redis://10.0.0.3:6379/0"
+            )
         return cls(
             queues=queues,
             invoker_emails=emails,
@@ -56,4 +66,5 @@ class HandlerSettings:
             oidc_audience=env.get(OIDC_AUDIENCE) or None,
             certs_url=env.get(OIDC_CERTS_URL) or GOOGLE_CERTS_URL,
             project=env.get(PROJECT) or None,
+            redis_url=redis_url,
         )

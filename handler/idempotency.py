@@ -1,23 +1,40 @@
 """Which tasks are done: a duplicate delivery is acknowledged without running the work again.
 
 Cloud Tasks delivers at least once, so the same task can arrive twice, even at the same time. Keys are
-"<queue>/<task>" (task ids are unique within a queue).
+"<queue>/<task>" (task ids are unique within a queue). Each key is either
 
-`MemoryStore` is per process: right for one instance and for tests. In production, where Cloud Run runs
-several instances and replaces them at will, use a shared store with an atomic create-if-absent and a
-TTL, e.g. Memorystore for Redis (`SET key in-progress NX EX <deadline>`, then `SET key done EX 86400`) or
-Firestore (`create()` fails when the document exists; a TTL policy deletes old ones). The TTL must cover
-the queue's retry window, and the in-progress lease the dispatch deadline, so a crashed attempt's claim
-expires and the retry can run.
+- in progress: claimed by a running attempt, for at most a lease that covers the dispatch deadline, so the
+  claim of an attempt whose instance died expires and the retry can run; or
+- done: finished, remembered for a TTL that should cover the queue's retry window (24 h by default).
+
+`MemoryStore` is per process: right for one instance that is never replaced, and for tests. `RedisStore` is
+shared: what production uses whenever Cloud Run may run more than one instance or replace one (always, with
+maxInstances > 1), e.g. on Memorystore for Redis. Both keep the same contract (tests/test_idempotency.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+import redis.asyncio
+
+from contract.cloud_tasks import MAX_DISPATCH_DEADLINE_S
+from contract.handler_env import QueueEntry
+from handler.structured_log import JsonLog
+
+# A day: longer than most queues' retry window (max_backoff is an hour by default). A queue that retries for
+# longer needs a longer TTL, or a task done on an early attempt can run again on a late duplicate.
+DEFAULT_TTL_S = 24 * 3600.0
+# Measured (tracemalloc): 100,000 entries take about 23 MB with 36-character task ids, 70 MB with 500-character
+# ones (the longest Cloud Tasks allows), well inside a 512 MiB instance.
+DEFAULT_MAX_ENTRIES = 100_000
+# Redis commands that take longer than this fail (a 500: Cloud Tasks retries) rather than hold the request.
+REDIS_TIMEOUT_S = 5.0
 
 
 class Claim(StrEnum):
@@ -34,39 +51,157 @@ class IdempotencyStore(Protocol):
     async def release(self, key: str) -> None: ...
 
 
+def lease_seconds(queues: Mapping[str, QueueEntry]) -> float:
+    """The in-progress lease for these queues: their longest dispatch deadline, or Cloud Tasks' longest (30 min)
+    when a queue's is not known. Shorter, and a second copy could start while the first still runs."""
+    deadlines = [queue.dispatch_deadline_seconds for queue in queues.values()]
+    if not deadlines or any(deadline is None for deadline in deadlines):
+        return MAX_DISPATCH_DEADLINE_S
+    return float(math.ceil(max(d for d in deadlines if d is not None)))
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name}: {value} is not a positive number")
+
+
 class MemoryStore:
-    """In-process store. Claims are atomic because the event loop runs one coroutine step at a time and
-    `claim` does not await between the check and the write."""
+    """In-process store, bounded by time (TTL, lease) and by memory (`max_entries`, done and in progress).
+
+    When it is full, it forgets the oldest done task before its TTL (a duplicate of that task would run again):
+    each such early eviction is logged (a WARNING naming the key) and counted in `evicted_early`, never silent.
+    Claims in progress are never evicted (there are at most as many as requests in flight); they expire with
+    their lease. Claims are atomic because the event loop runs one coroutine step at a time and no method
+    awaits between its check and its write."""
 
     def __init__(
-        self, *, ttl_seconds: float = 24 * 3600, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        ttl_seconds: float = DEFAULT_TTL_S,
+        lease_seconds: float = MAX_DISPATCH_DEADLINE_S,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+        log: JsonLog | None = None,
     ) -> None:
+        _check_positive(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds, max_entries=max_entries)
         self._ttl = ttl_seconds
+        self._lease = lease_seconds
         self._max_entries = max_entries
         self._clock = clock
-        self._done: OrderedDict[str, float] = OrderedDict()  # key -> expiry, oldest first
-        self._in_progress: set[str] = set()
+        self._log = log or JsonLog()
+        # key -> when it expires, oldest first (one TTL, one lease: insertion order is expiry order)
+        self._done: OrderedDict[str, float] = OrderedDict()
+        self._in_progress: OrderedDict[str, float] = OrderedDict()
+        self.evicted_early = 0  # done tasks forgotten before their TTL, for lack of room
+
+    @property
+    def entries(self) -> int:
+        return len(self._done) + len(self._in_progress)
 
     async def claim(self, key: str) -> Claim:
-        self._expire()
+        now = self._expire()
         if key in self._done:
             return Claim.DONE
         if key in self._in_progress:
             return Claim.IN_PROGRESS
-        self._in_progress.add(key)
+        self._in_progress[key] = now + self._lease
+        self._make_room(now)
         return Claim.NEW
 
     async def complete(self, key: str) -> None:
-        self._in_progress.discard(key)
-        self._done[key] = self._clock() + self._ttl
+        now = self._expire()
+        self._in_progress.pop(key, None)
+        self._done[key] = now + self._ttl
         self._done.move_to_end(key)
-        while len(self._done) > self._max_entries:
-            self._done.popitem(last=False)
+        self._make_room(now)
 
     async def release(self, key: str) -> None:
-        self._in_progress.discard(key)
+        self._in_progress.pop(key, None)
 
-    def _expire(self) -> None:
+    def _expire(self) -> float:
         now = self._clock()
-        while self._done and next(iter(self._done.values())) <= now:
-            self._done.popitem(last=False)
+        for table in (self._done, self._in_progress):
+            while table and next(iter(table.values())) <= now:
+                table.popitem(last=False)
+        return now
+
+    def _make_room(self, now: float) -> None:
+        while self.entries > self._max_entries and self._done:
+            key, expiry = self._done.popitem(last=False)
+            self.evicted_early += 1
+            early = expiry - now
+            self._log.emit(
+                "WARNING",
+                f"idempotency store full (max_entries {self._max_entries}): forgot done task {key} {early:.0f} s"
+                " before its TTL, so a duplicate of it would run again; raise max_entries or use RedisStore",
+                key=key,
+                secondsBeforeTtl=early,
+                evictedEarly=self.evicted_early,
+                maxEntries=self._max_entries,
+            )
+
+
+# Delete the key only while it holds the claim: a late release must never forget a task that is done.
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_IN_PROGRESS = "in-progress"
+_DONE = "done"
+
+
+class RedisStore:
+    """Shared store on Redis: `SET key in-progress NX EX <lease>` claims, `SET key done EX <ttl>` completes,
+    release deletes the key only while it is in progress (one Lua script, atomic). Redis bounds it by the
+    same TTL and lease; its memory is the Redis instance's (give it a `volatile-*` or `noeviction` policy:
+    an `allkeys-*` eviction forgets done tasks early, as MemoryStore would when full)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        ttl_seconds: float = DEFAULT_TTL_S,
+        lease_seconds: float = MAX_DISPATCH_DEADLINE_S,
+        prefix: str = "tasks-idempotency/",
+    ) -> None:
+        _check_positive(ttl_seconds=ttl_seconds, lease_seconds=lease_seconds)
+        self._client = client
+        self._ttl = math.ceil(ttl_seconds)  # EX takes whole seconds: round up, never shorten
+        self._lease = math.ceil(lease_seconds)
+        self._prefix = prefix
+        self._release = client.register_script(_RELEASE_CLAIM)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on the Redis at `url` (redis://host:port/db; options in the URL win over the timeouts)."""
+        client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        return cls(client, **options)
+
+    async def claim(self, key: str) -> Claim:
+        name = self._prefix + key
+        for _ in range(3):
+            if await self._client.set(name, _IN_PROGRESS, nx=True, ex=self._lease):
+                return Claim.NEW
+            value = await self._client.get(name)
+            if isinstance(value, bytes):
+                value = value.decode()
+            if value == _DONE:
+                return Claim.DONE
+            if value is not None:
+                return Claim.IN_PROGRESS
+            # It expired between SET and GET: claim again.
+        return Claim.IN_PROGRESS  # come back later
+
+    async def complete(self, key: str) -> None:
+        await self._client.set(self._prefix + key, _DONE, ex=self._ttl)
+
+    async def release(self, key: str) -> None:
+        await self._release(keys=[self._prefix + key], args=[_IN_PROGRESS])
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -170,5 +170,6 @@ def test_the_handler_environment_names_are_written_in_contract_only() -> None:
             "TASKS_VERIFY_OIDC",
             "TASKS_OIDC_AUDIENCE",
             "TASKS_OIDC_CERTS_URL",
+            "TASKS_IDEMPOTENCY_REDIS_URL",
         )
     ]

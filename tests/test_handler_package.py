@@ -12,7 +12,7 @@ from localcloud.program import PROJECT_DIR
 
 HANDLER = PROJECT_DIR / "handler"
 # Import name -> distribution name, for the third-party modules the handler may use.
-DISTRIBUTIONS = {"starlette": "starlette", "uvicorn": "uvicorn", "google": "google-auth"}
+DISTRIBUTIONS = {"starlette": "starlette", "uvicorn": "uvicorn", "google": "google-auth", "redis": "redis"}
 
 
 def imported_roots() -> set[str]:
