@@ -11,6 +11,7 @@ CLOUD_TASKS_API = "cloudtasks.googleapis.com"
 CLOUD_RUN_API = "run.googleapis.com"
 IAM_API = "iam.googleapis.com"
 SECRET_MANAGER_API = "secretmanager.googleapis.com"  # only when the service reads secrets
+MONITORING_API = "monitoring.googleapis.com"  # only when monitoring is enabled
 DEFAULT_APIS = (CLOUD_TASKS_API, CLOUD_RUN_API, IAM_API)
 
 

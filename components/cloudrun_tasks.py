@@ -14,12 +14,14 @@ from components.apis import (
     CLOUD_TASKS_API,
     DEFAULT_APIS,
     IAM_API,
+    MONITORING_API,
     SECRET_MANAGER_API,
     ProjectApis,
     ProjectApisArgs,
 )
 from components.handler_service import TaskHandlerService, TaskHandlerServiceArgs
 from components.invoker import InvokerIdentity, InvokerIdentityArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.settings import QUEUE_SUFFIX_HEX_LENGTH, QueueSettings, Settings
 from components.task_queue import QueueRouting, TaskQueue, TaskQueueArgs
 from contract import handler_env
@@ -37,11 +39,10 @@ class CloudRunTasks(pulumi.ComponentResource):
         super().__init__("cloudrun-tasks:index:CloudRunTasks", name, None, opts)
         s = settings
         secrets_used = bool(s.service.secret_env)
+        optional_apis = ((SECRET_MANAGER_API, secrets_used), (MONITORING_API, s.monitoring.enabled))
         apis = ProjectApis(
             f"{name}-apis",
-            ProjectApisArgs(
-                project=s.project, services=(*DEFAULT_APIS, *((SECRET_MANAGER_API,) if secrets_used else ()))
-            ),
+            ProjectApisArgs(project=s.project, services=(*DEFAULT_APIS, *(api for api, used in optional_apis if used))),
             opts=self._after(),
         )
         every_enqueuer = tuple(dict.fromkeys(m for q in s.queues for m in q.enqueuers))
@@ -79,6 +80,20 @@ class CloudRunTasks(pulumi.ComponentResource):
             )
             for q in s.queues
         }
+        if s.monitoring.enabled:
+            Monitoring(
+                f"{name}-monitoring",
+                MonitoringArgs(
+                    project=s.project,
+                    location=s.location,
+                    queue_ids={key: queues[key].queue_id for key in queues},
+                    service_name=handler.name,
+                    settings=s.monitoring,
+                    labels=dict(s.labels),
+                    title=s.name_prefix,
+                ),
+                opts=self._after(apis.apis[MONITORING_API]),
+            )
         # Calling the service needs run.invoker and the agent's actAs; creating tasks needs the queue grants.
         usable = [*handler.invoker_grants, *invoker.grants, *(g for q in queues.values() for g in q.grants)]
         self.exports: dict[str, pulumi.Output[Any]] = _exports(s, handler, invoker, queues, audience, usable)

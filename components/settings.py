@@ -200,6 +200,22 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Alert policies, their notification channels and a dashboard (components/monitoring.py)."""
+
+    enabled: bool
+    backlog_threshold: int  # tasks in one queue
+    backlog_for: Duration
+    failing_attempts_ratio: float  # share of a queue's attempts answered other than OK
+    handler_error_ratio: float  # share of the service's requests answered 5xx
+    latency_p99: Duration
+    failing_for: Duration  # how long the failing-attempts, 5xx and latency conditions must hold
+    notification_channels: tuple[str, ...]  # existing channels: projects/P/notificationChannels/N
+    emails: tuple[str, ...]  # an email channel is created for each
+    dead_letter_queue_ids: tuple[str, ...]  # queues whose depth must stay 0
+
+
+@dataclass(frozen=True)
 class Settings:
     project: str
     location: str
@@ -209,6 +225,7 @@ class Settings:
     service: ServiceSettings
     queues: tuple[QueueSettings, ...]
     default_queue: str
+    monitoring: MonitoringSettings
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key; the stack's own two among them
     warnings: tuple[str, ...] = ()
 
@@ -405,6 +422,7 @@ PROJECT_KEYS = (
     "labels",
     "service",
     "queues",
+    "monitoring",
 )
 _TEXT_KEYS = ("namePrefix", "invokerServiceAccountId", "defaultQueue")
 SERVICE_KEYS = (
@@ -440,6 +458,18 @@ QUEUE_KEYS = (
 )
 RATE_LIMIT_KEYS = ("maxDispatchesPerSecond", "maxConcurrentDispatches")
 RETRY_KEYS = ("maxAttempts", "maxRetryDuration", "minBackoff", "maxBackoff", "maxDoublings")
+MONITORING_KEYS = (
+    "enabled",
+    "backlogThreshold",
+    "backlogFor",
+    "failingAttemptsRatio",
+    "handlerErrorRatio",
+    "latencyP99",
+    "failingFor",
+    "notificationChannels",
+    "emails",
+    "deadLetterQueueIds",
+)
 
 # A public sample that answers 200 to any request, so a first `pulumi up` works end to end.
 DEFAULT_IMAGE = "us-docker.pkg.dev/cloudrun/container/hello"
@@ -545,6 +575,7 @@ def load_settings(config: Mapping[str, str], stack: str, *, secret_keys: Collect
         problems.append(
             f"defaultQueue: {default_queue!r} is not one of the configured queues ({', '.join(q.key for q in queues)})"
         )
+    monitoring = _monitoring(top.child("monitoring", MONITORING_KEYS), service.timeout)
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -556,6 +587,7 @@ def load_settings(config: Mapping[str, str], stack: str, *, secret_keys: Collect
         service=service,
         queues=tuple(queues),
         default_queue=default_queue,
+        monitoring=monitoring,
         labels=labels,
         warnings=tuple(_capacity_warnings(queues, scale.capacity)),
     )
@@ -1071,6 +1103,95 @@ def _capacity_warnings(queues: list[QueueSettings], capacity: int) -> list[str]:
         for q in queues
         if q.rate_limits.max_concurrent_dispatches > capacity
     ]
+
+
+# --- monitoring: alert thresholds and where alerts go ----------------------------------------------
+
+# Cloud Monitoring accepts a condition's duration only as "a multiple of a minute--e.g., 0, 60, 120, or 300
+# seconds" (AlertPolicy conditionThreshold.duration); longer than a day would page nobody in time.
+ALERT_DURATION_STEP_S = 60
+MAX_ALERT_DURATION_S = 86400
+# At Cloud Tasks' default rate (500 dispatches a second) a draining queue clears 1000 tasks in 2 s, so 1000
+# still waiting after backlogFor means dispatch has stalled or the handler refuses work. Raise it for a queue
+# that is slow by design.
+DEFAULT_BACKLOG_THRESHOLD = 1000
+MAX_BACKLOG_THRESHOLD = 1_000_000_000
+# Five minutes rides out a producer's burst and a cold start, and is the shortest a person acts on.
+DEFAULT_ALERT_FOR = "300s"
+# A deploy or a cold start makes a few attempts fail (429, 503) and Cloud Tasks retries them; one in ten for
+# five minutes is an outage, not noise.
+DEFAULT_FAILING_ATTEMPTS_RATIO = 0.1
+# The handler answers 5xx only for failures it wants retried; one request in twenty is a broken dependency.
+DEFAULT_HANDLER_ERROR_RATIO = 0.05
+# At service.timeout Cloud Run ends a request and Cloud Tasks retries it: a p99 at 80% of it means the
+# slowest tasks are about to be cut off.
+DEFAULT_LATENCY_SHARE_OF_TIMEOUT = Decimal("0.8")
+_NOTIFICATION_CHANNEL = re.compile(rf"projects/(?:{_PROJECT_ID}|[0-9]{{1,19}})/notificationChannels/[0-9]{{1,20}}")
+NOTIFICATION_CHANNEL_RULE = (
+    "is not a notification channel id (projects/PROJECT/notificationChannels/NUMBER, as"
+    " `gcloud beta monitoring channels list --format='value(name)'` prints it)"
+)
+
+
+def _monitoring(m: _Reader, timeout: Duration) -> MonitoringSettings:
+    latency_default = Duration((timeout.seconds * DEFAULT_LATENCY_SHARE_OF_TIMEOUT).quantize(Decimal("0.001")))
+    latency = m.duration(
+        "latencyP99",
+        str(latency_default),
+        0,
+        float(timeout.seconds),
+        "at most service.timeout, where Cloud Run ends a request",
+    )
+    if latency.seconds == 0:
+        m.problems.append(f"{m._at('latencyP99')}: 0s would alert on every request; use a latency above 0s")
+    return MonitoringSettings(
+        enabled=m.flag("enabled", True),
+        backlog_threshold=m.integer(
+            "backlogThreshold", DEFAULT_BACKLOG_THRESHOLD, 1, MAX_BACKLOG_THRESHOLD, "tasks waiting in one queue"
+        ),
+        backlog_for=_alert_duration(m, "backlogFor"),
+        failing_attempts_ratio=_ratio(m, "failingAttemptsRatio", DEFAULT_FAILING_ATTEMPTS_RATIO),
+        handler_error_ratio=_ratio(m, "handlerErrorRatio", DEFAULT_HANDLER_ERROR_RATIO),
+        latency_p99=latency,
+        failing_for=_alert_duration(m, "failingFor"),
+        notification_channels=_strings(m, "notificationChannels", _NOTIFICATION_CHANNEL, NOTIFICATION_CHANNEL_RULE),
+        emails=_strings(m, "emails", _EMAIL, "is not an email address"),
+        dead_letter_queue_ids=_strings(
+            m, "deadLetterQueueIds", _QUEUE_KEY, "is not a Cloud Tasks queue id (1-100 letters, digits, hyphens)"
+        ),
+    )
+
+
+def _ratio(m: _Reader, key: str, default: float) -> float:
+    ratio = m.number(key, default, -math.inf, 1.0, "a share of 1")
+    if ratio <= 0:
+        m.problems.append(f"{m._at(key)}: {_number(ratio)} would alert on every sample; use a share above 0, up to 1")
+        return default
+    return ratio
+
+
+def _alert_duration(m: _Reader, key: str) -> Duration:
+    value = m.duration(key, DEFAULT_ALERT_FOR, 0, MAX_ALERT_DURATION_S, "Cloud Monitoring condition duration")
+    if value.seconds % ALERT_DURATION_STEP_S:
+        m.problems.append(
+            f"{m._at(key)}: {value} is not a whole number of minutes; Cloud Monitoring accepts a condition"
+            ' duration in steps of 60s (e.g. "60s", "300s")'
+        )
+        return Duration(Decimal(DEFAULT_ALERT_FOR[:-1]))
+    return value
+
+
+def _strings(m: _Reader, key: str, pattern: re.Pattern[str], rule: str) -> tuple[str, ...]:
+    raw = m._get(key, (list,), "a list of strings", [])
+    found = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            m.problems.append(f"{m._at(key)}[{i}]: expected a string, got {_show(item)}")
+        elif not pattern.fullmatch(item):
+            m.problems.append(f"{m._at(key)}[{i}]: {item!r} {rule}")
+        else:
+            found.append(item)
+    return tuple(dict.fromkeys(found))
 
 
 # --- the deployer project's config (deployer/, run once per Google Cloud project) ------------------

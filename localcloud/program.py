@@ -151,6 +151,10 @@ class SimulatedGcp(pulumi.runtime.Mocks):
                 return {**computed, "state": "RUNNING"}
             url = self.service_url(computed) if self.service_url else self._run_app_url(physical, inputs["location"])
             return {**computed, "uri": url, "urls": [url]}
+        if typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+            # The provider's id is the channel's full name; N is a number Cloud Monitoring picks.
+            channel = f"projects/{project}/notificationChannels/{int(_short_hash(name, length=8), 16)}"
+            return {"name": channel, "id": channel}
         if typ == "pulumi:pulumi:StackReference":
             return {
                 "name": inputs["name"],

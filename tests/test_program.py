@@ -31,6 +31,9 @@ API_OF_TYPE = {
     SERVICE_IAM: "run.googleapis.com",
     ACCOUNT: "iam.googleapis.com",
     ACCOUNT_IAM: "iam.googleapis.com",
+    "gcp:monitoring/alertPolicy:AlertPolicy": "monitoring.googleapis.com",
+    "gcp:monitoring/notificationChannel:NotificationChannel": "monitoring.googleapis.com",
+    "gcp:monitoring/dashboard:Dashboard": "monitoring.googleapis.com",
 }
 DEV_ENQUEUER = "serviceAccount:api-dev@my-tasks-dev.iam.gserviceaccount.com"
 DETERMINISTIC_URL = "https://tasks-dev-handler-123456789012.europe-west1.run.app"

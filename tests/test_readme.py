@@ -40,6 +40,7 @@ def test_configuration_table_lists_exactly_the_keys_the_settings_accept() -> Non
         *(f"queues.<name>.{key}" for key in s.QUEUE_KEYS if key not in objects),
         *(f"queues.<name>.rateLimits.{key}" for key in s.RATE_LIMIT_KEYS),
         *(f"queues.<name>.retry.{key}" for key in s.RETRY_KEYS),
+        *(f"monitoring.{key}" for key in s.MONITORING_KEYS),
     }
     assert set(table("Configuration reference")) == expected
 
@@ -102,6 +103,15 @@ DEFAULTS: dict[str, Any] = {
     "queues.<name>.retry.minBackoff": str(QUEUE.retry.min_backoff),
     "queues.<name>.retry.maxBackoff": str(QUEUE.retry.max_backoff),
     "queues.<name>.retry.maxDoublings": QUEUE.retry.max_doublings,
+    "monitoring.enabled": BASELINE.monitoring.enabled,
+    "monitoring.backlogThreshold": BASELINE.monitoring.backlog_threshold,
+    "monitoring.backlogFor": str(BASELINE.monitoring.backlog_for),
+    "monitoring.failingAttemptsRatio": BASELINE.monitoring.failing_attempts_ratio,
+    "monitoring.handlerErrorRatio": BASELINE.monitoring.handler_error_ratio,
+    "monitoring.failingFor": str(BASELINE.monitoring.failing_for),
+    "monitoring.notificationChannels": list(BASELINE.monitoring.notification_channels),
+    "monitoring.emails": list(BASELINE.monitoring.emails),
+    "monitoring.deadLetterQueueIds": list(BASELINE.monitoring.dead_letter_queue_ids),
 }
 
 

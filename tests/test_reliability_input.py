@@ -154,6 +154,18 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
         optional={"egress": st.sampled_from(["PRIVATE_RANGES_ONLY", "ALL_TRAFFIC"]), "networkTags": st.just(["tasks"])},
     ),
     ("defaultQueue",): st.sampled_from(["default", "emails"]),
+    ("monitoring",): st.fixed_dictionaries(
+        {},
+        optional={
+            "enabled": st.booleans(),
+            "backlogThreshold": st.sampled_from([1, 1000, 0]),
+            "backlogFor": st.sampled_from(["0s", "300s", "90s"]),
+            "latencyP99": st.sampled_from(["0.5s", "30s", "0s"]),
+            "emails": st.just(["oncall@example.com"]),
+            "notificationChannels": st.just(["projects/my-tasks-dev/notificationChannels/1"]),
+            "deadLetterQueueIds": st.just(["tasks-dev-dlq"]),
+        },
+    ),
 }
 edgy = (
     st.from_regex(r"-?[0-9]{1,8}(\.[0-9]{1,11})?s?", fullmatch=True)
