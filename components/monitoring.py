@@ -221,18 +221,13 @@ def backlog_condition(queue_id: str, s: MonitoringSettings) -> gcp.monitoring.Al
 def failing_attempts_condition(queue_id: str, s: MonitoringSettings) -> gcp.monitoring.AlertPolicyConditionArgs:
     """A ratio: attempts answered other than OK over all attempts, per queue."""
     attempts = queue_filter(TASK_ATTEMPTS, queue_id)
-    group_by = "resource.labels.queue_id"
-    return gcp.monitoring.AlertPolicyConditionArgs(
-        display_name=f"{queue_id}: over {s.failing_attempts_ratio:.0%} of attempts fail for {s.failing_for}",
-        condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-            filter=f'{attempts} AND NOT metric.labels.response_code = monitoring.regex.full_match("{ATTEMPT_OK}")',
-            denominator_filter=attempts,
-            comparison="COMPARISON_GT",
-            threshold_value=s.failing_attempts_ratio,
-            duration=str(s.failing_for),
-            aggregations=_sum_rate(group_by),
-            denominator_aggregations=_denominator_sum_rate(group_by),
-        ),
+    return _ratio_condition(
+        f"{queue_id}: over {s.failing_attempts_ratio:.0%} of attempts fail for {s.failing_for}",
+        f'{attempts} AND NOT metric.labels.response_code = monitoring.regex.full_match("{ATTEMPT_OK}")',
+        attempts,
+        "resource.labels.queue_id",
+        s.failing_attempts_ratio,
+        str(s.failing_for),
     )
 
 
@@ -241,15 +236,28 @@ def handler_errors_condition(
 ) -> gcp.monitoring.AlertPolicyConditionArgs:
     """A ratio: 5xx responses over all responses, across the service's revisions."""
     requests = service_filter(RUN_REQUESTS, service_name, location)
-    group_by = "resource.labels.service_name"
+    return _ratio_condition(
+        f"{service_name}: over {s.handler_error_ratio:.0%} of requests answered 5xx for {s.failing_for}",
+        f'{requests} AND metric.labels.response_code_class = "5xx"',
+        requests,
+        "resource.labels.service_name",
+        s.handler_error_ratio,
+        str(s.failing_for),
+    )
+
+
+def _ratio_condition(
+    display_name: str, numerator: str, denominator: str, group_by: str, threshold: float, duration: str
+) -> gcp.monitoring.AlertPolicyConditionArgs:
+    """`numerator` over `denominator`, both summed per `group_by`, above `threshold` for `duration`."""
     return gcp.monitoring.AlertPolicyConditionArgs(
-        display_name=f"{service_name}: over {s.handler_error_ratio:.0%} of requests answered 5xx for {s.failing_for}",
+        display_name=display_name,
         condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-            filter=f'{requests} AND metric.labels.response_code_class = "5xx"',
-            denominator_filter=requests,
+            filter=numerator,
+            denominator_filter=denominator,
             comparison="COMPARISON_GT",
-            threshold_value=s.handler_error_ratio,
-            duration=str(s.failing_for),
+            threshold_value=threshold,
+            duration=duration,
             aggregations=_sum_rate(group_by),
             denominator_aggregations=_denominator_sum_rate(group_by),
         ),
