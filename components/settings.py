@@ -443,6 +443,7 @@ SERVICE_KEYS = (
     "startupCpuBoost",
     "probes",
     "vpc",
+    "idempotencyRedisUrlSecret",
 )
 PROBES_KEYS = ("startup", "liveness")
 PROBE_KEYS = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")
@@ -862,7 +863,7 @@ def _service(
         startup_cpu_boost=s.flag("startupCpuBoost", True),
         startup_probe=_probe(probes.child("startup", PROBE_KEYS), cloud_run.MAX_STARTUP_PROBE_S, startup=True),
         liveness_probe=_probe(probes.child("liveness", PROBE_KEYS), cloud_run.MAX_LIVENESS_PROBE_S, startup=False),
-        secret_env=_secret_env(s, {name for name, _ in env}),
+        secret_env=(*_secret_env(s, {name for name, _ in env}), *_redis_url_secret(s)),
         vpc=_vpc(s, location),
     )
 
@@ -981,6 +982,27 @@ def _secret_env(s: _Reader, plain: set[str]) -> tuple[SecretEnv, ...]:
         else:
             s.problems.append(f"{where}: {reference!r} {SECRET_RULE}")
     return tuple(found)
+
+
+def _redis_url_secret(s: _Reader) -> tuple[SecretEnv, ...]:
+    """The handler's shared idempotency store: its URL (which may hold a password) from Secret Manager, as
+    the stack-owned TASKS_IDEMPOTENCY_REDIS_URL. Unset: the in-memory store."""
+    reference = s.text("idempotencyRedisUrlSecret", "")
+    if not reference:
+        return ()
+    match = _SECRET_SHORT.fullmatch(reference) or _SECRET_PATH.fullmatch(reference)
+    if match is None:
+        s.problems.append(f"service.idempotencyRedisUrlSecret: {reference!r} {SECRET_RULE}")
+        return ()
+    groups = match.groupdict()
+    return (
+        SecretEnv(
+            name=handler_env.IDEMPOTENCY_REDIS_URL,
+            secret=groups["secret"],
+            project=groups.get("project"),
+            version=groups["version"] or "latest",
+        ),
+    )
 
 
 def _probe(p: _Reader, longest: int, *, startup: bool) -> ProbeSettings:

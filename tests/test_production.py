@@ -201,3 +201,15 @@ def test_a_secret_config_value_never_becomes_a_plain_env_value() -> None:
     assert "service.env" in str(raised.value) and "service.secretEnv" in str(raised.value)
     assert "s3cr3t" not in str(raised.value)
     assert raised.value.resources == ()
+
+
+def test_the_redis_idempotency_store_is_turned_on_from_a_secret() -> None:
+    """The store's URL may hold a password: it comes from Secret Manager, as the stack-owned
+    TASKS_IDEMPOTENCY_REDIS_URL, and the runtime account may read that secret only."""
+    run = run_stack("dev", service={"idempotencyRedisUrlSecret": "tasks-redis-url:2"})
+    assert envs(run)[handler_env.IDEMPOTENCY_REDIS_URL]["valueSource"]["secretKeyRef"] == {
+        "secret": "tasks-redis-url",
+        "version": "2",
+    }
+    assert [g.inputs["secretId"] for g in run.of_type(SECRET_IAM)] == ["tasks-redis-url"]
+    assert handler_env.IDEMPOTENCY_REDIS_URL not in envs(run_stack("dev"))

@@ -1775,3 +1775,14 @@ def test_time_of_attempt_is_closed_form_for_the_largest_attempt_limit() -> None:
 
     huge = LawPolicy(max_attempts=2**31 - 1, min_backoff=1e-9, max_backoff=1e-9, max_doublings=0)
     assert retry_window(huge) == pytest.approx((2**31 - 2) * 1e-9)
+
+
+def test_the_redis_url_secret_follows_the_secret_reference_forms() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load(config(service={"idempotencyRedisUrlSecret": "redis://10.0.0.3:6379"}))
+    (problem,) = raised.value.problems
+    assert problem.startswith("service.idempotencyRedisUrlSecret: 'redis://10.0.0.3:6379' ")
+    settings = load(config(service={"idempotencyRedisUrlSecret": "projects/shared/secrets/redis-url"}))
+    assert [(e.name, e.project, e.secret, e.version) for e in settings.service.secret_env] == [
+        ("TASKS_IDEMPOTENCY_REDIS_URL", "shared", "redis-url", "latest")
+    ]
