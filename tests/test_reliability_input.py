@@ -139,6 +139,7 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
         max_size=2,
     ),
     ("cpuAlwaysAllocated",): st.booleans(),
+    ("idempotencyRedisUrlSecret",): st.sampled_from(["redis-url", "redis-url:3", "projects/p/secrets/redis-url"]),
     ("startupCpuBoost",): st.booleans(),
     ("probes",): st.fixed_dictionaries(
         {},
