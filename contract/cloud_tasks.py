@@ -54,6 +54,11 @@ RESERVED_HEADERS: Final = ("host", "content-length", "user-agent")
 RESERVED_HEADER_PREFIXES: Final = ("x-google-", "x-appengine-", "x-cloudtasks-")
 USER_AGENT: Final = "Google-Cloud-Tasks"
 
+# --- emulators ------------------------------------------------------------------------------------------
+# host:port of a local emulator. The Python client has no emulator switch of its own
+# (googleapis/python-tasks#333): the task client and the handler's dead-letter sink read this one.
+EMULATOR_HOST_ENV: Final = "CLOUD_TASKS_EMULATOR_HOST"
+
 # --- names (queue.py Queue.name, task.py Task.name) --------------------------------------------------
 MAX_QUEUE_ID_LENGTH: Final = 100
 QUEUE_ID: Final = re.compile(r"[A-Za-z0-9-]{1,100}")

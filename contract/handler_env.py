@@ -12,10 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from contract.cloud_tasks import (
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_MAX_DOUBLINGS,
+    DEFAULT_MAX_RETRY_DURATION_S,
+    DEFAULT_MIN_BACKOFF_S,
+)
+from contract.retry import RetryPolicy
+
 # JSON object: physical queue id (what the X-CloudTasks-QueueName header carries) -> a `QueueEntry`.
-# The handler reads maxAttempts to know the final attempt (dead-letter instead of failing); the deadline
-# is there so the service's configuration shows, and a policy can check, that it fits the request timeout.
+# The handler reads the retry settings to know the final attempt (dead-letter instead of failing); the
+# deadline, to cancel work Cloud Tasks stopped waiting for, and so a policy can check it fits the request timeout.
 QUEUES: Final = "TASKS_QUEUES"
+# The dead-letter queue's full path (projects/P/locations/L/queues/ID): where the handler records each task
+# that will not be retried (contract.dead_letters). Unset: dead letters go to the log only.
+DEAD_LETTER_QUEUE: Final = "TASKS_DEAD_LETTER_QUEUE"
 # Comma-separated emails whose OIDC tokens the handler accepts when it verifies tokens itself.
 INVOKER_EMAILS: Final = "TASKS_INVOKER_EMAILS"
 # "true" to verify OIDC tokens in the container (platforms that do not, e.g. Cloud Run for Anthos).
@@ -37,7 +48,7 @@ CLOUD_RUN_SET: Final = (PORT, "K_SERVICE", "K_REVISION", "K_CONFIGURATION")
 # on, one says where the signing keys are), so a user's `service.env` may set none of them.
 STACK_PREFIX: Final = "TASKS_"
 # What the stack sets: never taken from a user's `service.env`.
-STACK_SET: Final = (QUEUES, INVOKER_EMAILS, OIDC_AUDIENCE, PROJECT)
+STACK_SET: Final = (QUEUES, DEAD_LETTER_QUEUE, INVOKER_EMAILS, OIDC_AUDIENCE, PROJECT)
 
 GOOGLE_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
 
@@ -48,6 +59,11 @@ class QueueTableField:
     KEY: Final = "key"
     MAX_ATTEMPTS: Final = "maxAttempts"
     DISPATCH_DEADLINE_SECONDS: Final = "dispatchDeadlineSeconds"
+    # The rest of the queue's retry settings; absent, Cloud Tasks' defaults (contract.cloud_tasks).
+    MAX_RETRY_DURATION_SECONDS: Final = "maxRetryDurationSeconds"  # 0: unlimited
+    MIN_BACKOFF_SECONDS: Final = "minBackoffSeconds"
+    MAX_BACKOFF_SECONDS: Final = "maxBackoffSeconds"
+    MAX_DOUBLINGS: Final = "maxDoublings"
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,21 @@ class QueueEntry:
 
     key: str  # the queue's key in the stack config
     max_attempts: int  # -1: unlimited
-    dispatch_deadline_seconds: float | None = None  # None: not given (the handler does not need it)
+    dispatch_deadline_seconds: float | None = None  # None: not given (then no work is cut short)
+    max_retry_duration_seconds: float = DEFAULT_MAX_RETRY_DURATION_S  # 0: unlimited
+    min_backoff_seconds: float = DEFAULT_MIN_BACKOFF_S
+    max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S
+    max_doublings: int = DEFAULT_MAX_DOUBLINGS
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            max_retry_duration=self.max_retry_duration_seconds,
+            min_backoff=self.min_backoff_seconds,
+            max_backoff=self.max_backoff_seconds,
+            max_doublings=self.max_doublings,
+        )
 
 
 class QueueTableError(ValueError):
@@ -70,6 +100,10 @@ def encode_queue_table(entries: Mapping[str, QueueEntry]) -> str:
             queue_id: {
                 QueueTableField.KEY: entry.key,
                 QueueTableField.MAX_ATTEMPTS: entry.max_attempts,
+                QueueTableField.MAX_RETRY_DURATION_SECONDS: entry.max_retry_duration_seconds,
+                QueueTableField.MIN_BACKOFF_SECONDS: entry.min_backoff_seconds,
+                QueueTableField.MAX_BACKOFF_SECONDS: entry.max_backoff_seconds,
+                QueueTableField.MAX_DOUBLINGS: entry.max_doublings,
                 **(
                     {QueueTableField.DISPATCH_DEADLINE_SECONDS: entry.dispatch_deadline_seconds}
                     if entry.dispatch_deadline_seconds is not None
@@ -92,7 +126,10 @@ def decode_queue_table(text: str) -> dict[str, QueueEntry]:
     except (ValueError, TypeError, KeyError, RecursionError) as err:
         raise QueueTableError(
             f'{QUEUES}: expected {{"<queue id>": {{"{QueueTableField.KEY}": str, "{QueueTableField.MAX_ATTEMPTS}": int,'
-            f' "{QueueTableField.DISPATCH_DEADLINE_SECONDS}": number}}}}, got {text[:200]!r} ({err})'
+            f' "{QueueTableField.DISPATCH_DEADLINE_SECONDS}": number, and optionally'
+            f" {QueueTableField.MAX_RETRY_DURATION_SECONDS}, {QueueTableField.MIN_BACKOFF_SECONDS},"
+            f" {QueueTableField.MAX_BACKOFF_SECONDS} (numbers), {QueueTableField.MAX_DOUBLINGS} (int)}}}},"
+            f" got {text[:200]!r} ({err})"
         ) from None
 
 
@@ -104,7 +141,29 @@ def _entry(raw: Any) -> QueueEntry:
         raise ValueError(f"{QueueTableField.MAX_ATTEMPTS} {attempts!r} is not a whole number of at least -1")
     if deadline is not None and not is_seconds(deadline):
         raise ValueError(f"{QueueTableField.DISPATCH_DEADLINE_SECONDS} {deadline!r} is not a positive number")
-    return QueueEntry(key=str(raw[QueueTableField.KEY]), max_attempts=attempts, dispatch_deadline_seconds=deadline)
+    duration = raw.get(QueueTableField.MAX_RETRY_DURATION_SECONDS, DEFAULT_MAX_RETRY_DURATION_S)
+    if duration != 0 and not is_seconds(duration):
+        raise ValueError(f"{QueueTableField.MAX_RETRY_DURATION_SECONDS} {duration!r} is not 0 or a positive number")
+    min_backoff = raw.get(QueueTableField.MIN_BACKOFF_SECONDS, DEFAULT_MIN_BACKOFF_S)
+    max_backoff = raw.get(QueueTableField.MAX_BACKOFF_SECONDS, DEFAULT_MAX_BACKOFF_S)
+    for name, value in (
+        (QueueTableField.MIN_BACKOFF_SECONDS, min_backoff),
+        (QueueTableField.MAX_BACKOFF_SECONDS, max_backoff),
+    ):
+        if not is_seconds(value):
+            raise ValueError(f"{name} {value!r} is not a positive number")
+    doublings = raw.get(QueueTableField.MAX_DOUBLINGS, DEFAULT_MAX_DOUBLINGS)
+    if isinstance(doublings, bool) or not isinstance(doublings, int) or doublings < 0:
+        raise ValueError(f"{QueueTableField.MAX_DOUBLINGS} {doublings!r} is not a whole number of at least 0")
+    return QueueEntry(
+        key=str(raw[QueueTableField.KEY]),
+        max_attempts=attempts,
+        dispatch_deadline_seconds=deadline,
+        max_retry_duration_seconds=float(duration),
+        min_backoff_seconds=float(min_backoff),
+        max_backoff_seconds=float(max_backoff),
+        max_doublings=doublings,
+    )
 
 
 def is_seconds(value: Any) -> bool:

@@ -26,6 +26,8 @@ class OutputName:
     QUEUES: Final = "queues"
     DEFAULT_QUEUE: Final = "default_queue"
     DEFAULT_QUEUE_PATH: Final = "default_queue_path"
+    # The dead-letter queue's full path: where the handler records tasks that will not be retried.
+    DEAD_LETTER_QUEUE: Final = "dead_letter_queue"
     CREATE_TASK_COMMAND: Final = "create_task_command"
 
 
@@ -73,6 +75,7 @@ class StackOutputs:
     queues: Mapping[str, QueueOutputs]
     default_queue: str
     default_queue_path: str
+    dead_letter_queue: str
     create_task_command: str
 
     @classmethod
@@ -100,6 +103,7 @@ _TEXT_OUTPUTS = (
     OutputName.RUNTIME_EMAIL,
     OutputName.DEFAULT_QUEUE,
     OutputName.DEFAULT_QUEUE_PATH,
+    OutputName.DEAD_LETTER_QUEUE,
     OutputName.CREATE_TASK_COMMAND,
 )
 

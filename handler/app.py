@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import time
@@ -25,14 +26,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from contract.cloud_tasks import MAX_TASK_BYTES
+from contract.cloud_tasks import MAX_TASK_BYTES, UNLIMITED_ATTEMPTS
+from contract.dead_letters import producer_headers
 from contract.outcomes import TaskOutcome
-from handler.dead_letters import DeadLetterSink, LogDeadLetters, dead_letter
+from contract.retry import RetryPolicy
+from handler.dead_letters import CloudTasksDeadLetters, DeadLetter, DeadLetterSink, LogDeadLetters, dead_letter
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, IdempotencyStore, MemoryStore, RedisStore, lease_seconds
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
-from handler.tasks import BodyKind, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
+from handler.tasks import BodyKind, Finality, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
 
 MAX_BODY_BYTES = MAX_TASK_BYTES  # anything bigger did not come from Cloud Tasks intact
 IN_PROGRESS_RETRY_AFTER_S = 30
@@ -84,7 +87,7 @@ class TaskService:
         malformed: MalformedHeaders | None = None
         try:
             # One pass into a dict: Starlette's Headers scans its list on every lookup.
-            context = TaskContext.from_headers(dict(request.headers.items()), self._max_attempts)
+            context = TaskContext.from_headers(dict(request.headers.items()), self._retry)
         except MalformedHeaders as err:
             malformed = err
         # The token is checked first, so a caller without one learns nothing else; the context, when the
@@ -102,9 +105,9 @@ class TaskService:
         policy = self._settings.queues.get(queue)
         return policy.dispatch_deadline_seconds if policy else None
 
-    def _max_attempts(self, queue: str) -> int | None:
-        policy = self._settings.queues.get(queue)
-        return policy.max_attempts if policy else None
+    def _retry(self, queue: str) -> RetryPolicy | None:
+        entry = self._settings.queues.get(queue)
+        return entry.retry if entry else None
 
     async def _authorised(self, request: Request) -> Reply | None:
         """None when the caller may call; else the refusal."""
@@ -123,19 +126,16 @@ class TaskService:
         claim = await self._store.claim(key)
         if claim is Claim.DONE:
             return Reply(200, TaskOutcome.DUPLICATE, "this task was done before")
-        if claim is Claim.IN_PROGRESS and context.is_final_attempt:
-            # Answered 429, Cloud Tasks would delete the task; if the running copy then fails, nothing
-            # retries it. Recorded instead, erring toward a record of a task that may yet succeed.
-            reason = (
-                f"{_final(context)}: an earlier attempt of this task is still running; if it fails, no retry will come"
-            )
-            return await self._dead_letter(path, await _body(request), context, reason)
         if claim is Claim.IN_PROGRESS:
-            return Reply(
+            # Answered 429 on the final attempt, Cloud Tasks would delete the task; if the running copy then
+            # fails, nothing retries it. Recorded instead, erring toward a record of a task that may yet succeed.
+            reply = Reply(
                 429, TaskOutcome.IN_PROGRESS, "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S
             )
+            why = "an earlier attempt of this task is still running; if it fails, no retry will come"
+            return await self._failed(request, path, await _body(request), context, reply, why)
         try:
-            reply = await self._run(path, await _body(request), context)
+            reply = await self._run(request, path, await _body(request), context)
         except BaseException:
             # Whatever went wrong (a client that hung up, a bug), the claim must not outlive the request:
             # held, it would answer every retry "in progress" until Cloud Tasks gives up on the task.
@@ -147,12 +147,12 @@ class TaskService:
             await self._store.release(key)
         return reply
 
-    async def _run(self, path: str, body: bytes | None, context: TaskContext) -> Reply:
+    async def _run(self, request: Request, path: str, body: bytes | None, context: TaskContext) -> Reply:
         task_type = self._router.get(path)
         if task_type is None:
-            return await self._dead_letter(path, body, context, f"no task type is registered at {path}")
+            return await self._dead_letter(request, path, body, context, f"no task type is registered at {path}")
         if body is None:
-            return await self._dead_letter(path, None, context, f"body is over {MAX_BODY_BYTES} bytes")
+            return await self._dead_letter(request, path, None, context, f"body is over {MAX_BODY_BYTES} bytes")
         function = task_type.function
         payload: Any = body
         if task_type.body is BodyKind.JSON:
@@ -160,7 +160,7 @@ class TaskService:
                 payload = json.loads(body)
             except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
                 reason = f"body is not JSON: {type(err).__name__}: {err}"
-                return await self._dead_letter(path, body, context, reason)
+                return await self._dead_letter(request, path, body, context, reason)
         deadline = self._deadline(context.queue)
         try:
             if inspect.iscoroutinefunction(function):
@@ -168,33 +168,71 @@ class TaskService:
                 # running with the task's claim while the retries are answered "in progress".
                 if not await _within(deadline, function(payload, context)):
                     reason = f"outlived the {deadline:g}s dispatch deadline: cancelled (Cloud Tasks stopped waiting)"
-                    if context.is_final_attempt:
-                        return await self._dead_letter(path, body, context, f"{_final(context)}: {reason}")
-                    return Reply(504, TaskOutcome.FAILED, reason)
+                    return await self._failed(request, path, body, context, Reply(504, TaskOutcome.FAILED, reason))
             else:
                 # A blocking work function runs in a worker thread, never on the event loop. A thread cannot
                 # be cancelled: it keeps the claim until it ends (a final attempt meanwhile is recorded).
                 await run_in_threadpool(function, payload, context)
         except PermanentError as err:
-            return await self._dead_letter(path, body, context, f"permanent failure: {err}")
+            return await self._dead_letter(request, path, body, context, f"permanent failure: {err}")
         except RetryLater as err:
-            if context.is_final_attempt:
-                return await self._dead_letter(path, body, context, f"{_final(context)}: retry later: {err}")
-            return Reply(429, TaskOutcome.RETRY, str(err), err.after_seconds)
+            reply = Reply(429, TaskOutcome.RETRY, str(err), err.after_seconds)
+            return await self._failed(request, path, body, context, reply, f"retry later: {err}")
         except Exception as err:
-            reason = f"{type(err).__name__}: {err}"
-            if context.is_final_attempt:
-                return await self._dead_letter(path, body, context, f"{_final(context)}: {reason}")
-            return Reply(500, TaskOutcome.FAILED, reason)
+            return await self._failed(request, path, body, context, Reply(500, TaskOutcome.FAILED, _describe(err)))
         return Reply(200, TaskOutcome.DONE)
 
-    async def _dead_letter(self, path: str, body: bytes | None, context: TaskContext, reason: str) -> Reply:
-        letter = dead_letter(context.queue, context.task, path, context.attempt, reason, body)
+    async def _failed(
+        self, request: Request, path: str, body: bytes | None, context: TaskContext, reply: Reply, why: str = ""
+    ) -> Reply:
+        """`reply` for a failed attempt, unless no retry follows it: then the task is recorded and acknowledged.
+        When the handler cannot tell, it records the task provisionally and still answers `reply`."""
+        why = why or reply.reason
+        finality = context.finality(time.time())
+        if finality is Finality.FINAL:
+            return await self._dead_letter(request, path, body, context, f"final attempt ({_attempts(context)}): {why}")
+        if finality is Finality.NOT_FINAL:
+            return reply
+        reason = f"maybe the final attempt ({_attempts(context)}, {_duration_unknown(context)}): {why}"
+        letter = self._letter(request, path, body, context, reason, final=False)
         try:
             await self._dead_letters.record(letter)
         except Exception as err:
-            return Reply(500, TaskOutcome.FAILED, f"dead-letter sink failed ({type(err).__name__}: {err}); {reason}")
+            note = f"; could not record it provisionally ({_describe(err)})"
+        else:
+            note = "; recorded as a provisional dead letter, in case no retry comes"
+        return dataclasses.replace(reply, reason=reply.reason + note)
+
+    async def _dead_letter(
+        self, request: Request, path: str, body: bytes | None, context: TaskContext, reason: str
+    ) -> Reply:
+        try:
+            await self._dead_letters.record(self._letter(request, path, body, context, reason, final=True))
+        except Exception as err:
+            return Reply(500, TaskOutcome.FAILED, f"dead-letter sink failed ({_describe(err)}); {reason}")
         return Reply(200, TaskOutcome.DEAD_LETTERED, reason)
+
+    def _letter(
+        self, request: Request, path: str, body: bytes | None, context: TaskContext, reason: str, *, final: bool
+    ) -> DeadLetter:
+        return dead_letter(
+            context.queue,
+            context.task,
+            path,
+            context.attempt,
+            reason,
+            body,
+            headers=producer_headers(request.headers),
+            final=final,
+            url=self._task_url(request, path),
+        )
+
+    def _task_url(self, request: Request, path: str) -> str:
+        """The URL the task was sent to: the service's own (https, the stack's deterministic URL) when known,
+        else as this request arrived."""
+        base = (self._settings.oidc_audience or f"{request.url.scheme}://{request.url.netloc}").rstrip("/")
+        query = request.url.query
+        return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     def _log_request(
         self, request: Request, path: str, context: TaskContext | None, reply: Reply, seconds: float
@@ -234,8 +272,20 @@ async def _within(deadline: float | None, work: Awaitable[Any]) -> bool:
     return True
 
 
-def _final(context: TaskContext) -> str:
-    return f"final attempt ({context.attempt} of {context.max_attempts})"
+def _attempts(context: TaskContext) -> str:
+    limit = context.max_attempts
+    return f"{context.attempt} of {limit}" if limit not in (None, UNLIMITED_ATTEMPTS) else f"attempt {context.attempt}"
+
+
+def _duration_unknown(context: TaskContext) -> str:
+    retry = context.retry
+    if retry is not None and retry.max_retry_duration > 0:
+        return f"max_retry_duration {retry.max_retry_duration:g}s may be used up"
+    return "the 31-day task retention may be reached"
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 async def _body(request: Request) -> bytes | None:
@@ -264,15 +314,18 @@ def create_app(
     log: JsonLog | None = None,
 ) -> Starlette:
     """The ASGI app. Defaults: idempotency in Redis when `settings.redis_url`, else in memory; dead letters to
-    the log; token checks only when `settings.verify_oidc` (then against `settings.certs_url`, accepting
-    `settings.invoker_emails`)."""
+    `settings.dead_letter_queue` when set, else to the log; token checks only when `settings.verify_oidc`
+    (then against `settings.certs_url`, accepting `settings.invoker_emails`)."""
     log = log or JsonLog(project=settings.project)
     if verifier is None and settings.verify_oidc:
         verifier = TokenVerifier(allowed_emails=settings.invoker_emails, certs_url=settings.certs_url)
     owned_store = None
     if store is None:
         store = owned_store = _idempotency_store(settings, log)
-    service = TaskService(router, settings, store, dead_letters or LogDeadLetters(log), verifier, log)
+    owned_sink = None
+    if dead_letters is None:
+        dead_letters = owned_sink = _dead_letter_sink(settings, log)
+    service = TaskService(router, settings, store, dead_letters, verifier, log)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -281,12 +334,21 @@ def create_app(
         finally:
             if isinstance(owned_store, RedisStore):
                 await owned_store.aclose()
+            if isinstance(owned_sink, CloudTasksDeadLetters):
+                owned_sink.close()
 
     # Cloud Run reserves paths ending in "z" (such as /healthz), hence /health.
     return Starlette(
         routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service.handle, methods=["POST"])],
         lifespan=lifespan,
     )
+
+
+def _dead_letter_sink(settings: HandlerSettings, log: JsonLog) -> DeadLetterSink:
+    """The stack's dead-letter queue when the environment names one, else the log."""
+    if settings.dead_letter_queue:
+        return CloudTasksDeadLetters(settings.dead_letter_queue, log, emulator_host=settings.emulator_host)
+    return LogDeadLetters(log)
 
 
 def _idempotency_store(settings: HandlerSettings, log: JsonLog) -> MemoryStore | RedisStore:

@@ -7,14 +7,16 @@ else for an ordinary retryable failure.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 from contract import cloud_tasks
-from contract.retry import RetryPolicy, retrying_stops
+from contract.dead_letters import CLOCK_SKEW_ALLOWANCE_S, HEADER_NOT_BEFORE
+from contract.retry import RetryPolicy, retry_window, retrying_stops, time_of_attempt
 
 # Header names as they arrive: Starlette hands them over lower-cased.
 _QUEUE_NAME = cloud_tasks.HEADER_QUEUE_NAME.lower()
@@ -24,6 +26,10 @@ _EXECUTION_COUNT = cloud_tasks.HEADER_EXECUTION_COUNT.lower()
 _ETA = cloud_tasks.HEADER_ETA.lower()
 _PREVIOUS_RESPONSE = cloud_tasks.HEADER_PREVIOUS_RESPONSE.lower()
 _RETRY_REASON = cloud_tasks.HEADER_RETRY_REASON.lower()
+_NOT_BEFORE = HEADER_NOT_BEFORE.lower()
+# The retention (31 days from creation) deletes a task whatever its retry limits say. A day short of it
+# covers the wait before a next attempt (at most max_backoff, an hour by default, or a Retry-After).
+RETENTION_HORIZON_S = cloud_tasks.TASK_RETENTION_S - 86400.0
 
 TaskFunction = Callable[[Any, "TaskContext"], Awaitable[None] | None]
 
@@ -38,6 +44,14 @@ class RetryLater(Exception):
     def __init__(self, reason: str, after_seconds: float | None = None) -> None:
         super().__init__(reason)
         self.after_seconds = after_seconds
+
+
+class Finality(Enum):
+    """Whether Cloud Tasks makes another attempt if this one fails."""
+
+    NOT_FINAL = "not final"  # it does: a failure is answered as one, and retried
+    FINAL = "final"  # it does not: a failure is recorded as a dead letter, then acknowledged
+    UNSURE = "unsure"  # the headers cannot tell: a failure is recorded provisionally and answered as one
 
 
 class MalformedHeaders(ValueError):
@@ -55,26 +69,42 @@ class TaskContext:
     eta: datetime | None
     previous_response: int | None
     retry_reason: str | None
-    max_attempts: int | None = None  # from the stack: None when the queue is unknown to this service
+    retry: RetryPolicy | None = None  # the queue's, from the stack: None when the queue is unknown to it
     trace: str | None = None  # X-Cloud-Trace-Context, for logs
+    # X-Tasks-Not-Before (seconds since the epoch): no attempt ran before it. Producers using taskclient set it.
+    not_before: float | None = None
 
     @property
     def attempt(self) -> int:
         return self.retry_count + 1
 
     @property
-    def is_final_attempt(self) -> bool:
-        """True when Cloud Tasks will not try again after a failure, by the retry law. Counts TaskRetryCount,
-        which includes attempts that never reached us; TaskExecutionCount would miss those."""
-        if self.max_attempts is None:
-            return False
-        # The stack hands the handler each queue's attempt limit, not its retry duration: with no duration
-        # limit, the law stops on attempts alone.
-        policy = RetryPolicy(max_attempts=self.max_attempts, max_retry_duration=cloud_tasks.UNLIMITED_RETRY_DURATION_S)
-        return retrying_stops(policy, attempts=self.attempt, retried_for=None)
+    def max_attempts(self) -> int | None:
+        return self.retry.max_attempts if self.retry else None
+
+    def finality(self, now: float) -> Finality:
+        """Whether a failure of this attempt, at `now`, is the last one, by the retry law (contract.retry).
+
+        TaskRetryCount counts attempts that never reached us too, so the attempt limit is known exactly. The
+        time since the first attempt is not: it is at least the backoff schedule's (`time_of_attempt`), and,
+        when the producer set X-Tasks-Not-Before, at most the task's age plus an allowance for its clock.
+        """
+        policy = self.retry
+        if policy is None:
+            return Finality.NOT_FINAL
+        attempts = self.attempt
+        least = time_of_attempt(policy, attempts)
+        most = None if self.not_before is None else max(0.0, now - self.not_before) + CLOCK_SKEW_ALLOWANCE_S
+        if least >= RETENTION_HORIZON_S or retrying_stops(policy, attempts=attempts, retried_for=least):
+            return Finality.FINAL
+        # `most` None counts the duration as used up: only a known age can rule the limits out.
+        limits_go_on = not retrying_stops(policy, attempts=attempts, retried_for=most)
+        # A queue whose limits end retrying well before the retention leaves the retention out of it.
+        retention_far = retry_window(policy) < RETENTION_HORIZON_S or (most is not None and most < RETENTION_HORIZON_S)
+        return Finality.NOT_FINAL if limits_go_on and retention_far else Finality.UNSURE
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], max_attempts_of: Callable[[str], int | None]) -> TaskContext:
+    def from_headers(cls, headers: Mapping[str, str], retry_of: Callable[[str], RetryPolicy | None]) -> TaskContext:
         queue = headers.get(_QUEUE_NAME, "")
         task = headers.get(_TASK_NAME, "")
         if not queue or not task:
@@ -87,8 +117,9 @@ class TaskContext:
             eta=_eta(headers.get(_ETA)),
             previous_response=_optional_int(headers.get(_PREVIOUS_RESPONSE)),
             retry_reason=headers.get(_RETRY_REASON) or None,
-            max_attempts=max_attempts_of(queue),
+            retry=retry_of(queue),
             trace=headers.get("x-cloud-trace-context"),
+            not_before=_not_before(headers.get(_NOT_BEFORE)),
         )
 
 
@@ -104,6 +135,16 @@ def _optional_int(text: str | None) -> int | None:
         return int(text) if text else None
     except ValueError:
         return None
+
+
+def _not_before(text: str | None) -> float | None:
+    """The producer's header, or None when absent or unreadable: an age the handler cannot read is unknown,
+    which only makes it record more, never less."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _eta(text: str | None) -> datetime | None:

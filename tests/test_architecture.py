@@ -166,6 +166,7 @@ def test_the_handler_environment_names_are_written_in_contract_only() -> None:
         f"contract/handler_env.py: {name}"
         for name in (
             "TASKS_QUEUES",
+            "TASKS_DEAD_LETTER_QUEUE",
             "TASKS_INVOKER_EMAILS",
             "TASKS_VERIFY_OIDC",
             "TASKS_OIDC_AUDIENCE",

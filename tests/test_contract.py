@@ -13,7 +13,15 @@ from contract.retry import RetryPolicy, retry_allowed, retrying_stops
 
 def test_the_queue_table_reads_back_what_the_stack_writes() -> None:
     table = {
-        "tasks-dev-default-a1b2c3": QueueEntry("default", max_attempts=5, dispatch_deadline_seconds=600.0),
+        "tasks-dev-default-a1b2c3": QueueEntry(
+            "default",
+            max_attempts=5,
+            dispatch_deadline_seconds=600.0,
+            max_retry_duration_seconds=3600.0,
+            min_backoff_seconds=1.0,
+            max_backoff_seconds=60.0,
+            max_doublings=4,
+        ),
         "tasks-dev-emails-d4e5f6": QueueEntry("emails", max_attempts=-1),
     }
     text = encode_queue_table(table)
@@ -21,8 +29,19 @@ def test_the_queue_table_reads_back_what_the_stack_writes() -> None:
         "key": "default",
         "maxAttempts": 5,
         "dispatchDeadlineSeconds": 600.0,
+        "maxRetryDurationSeconds": 3600.0,
+        "minBackoffSeconds": 1.0,
+        "maxBackoffSeconds": 60.0,
+        "maxDoublings": 4,
     }
     assert decode_queue_table(text) == table
+    assert table["tasks-dev-default-a1b2c3"].retry == RetryPolicy(5, 3600.0, 1.0, 60.0, 4)
+
+
+def test_a_table_without_the_retry_settings_reads_as_cloud_tasks_defaults() -> None:
+    # What a handler image newer than its stack reads: the limits Cloud Tasks applies when none are set.
+    (entry,) = decode_queue_table('{"q": {"key": "k", "maxAttempts": 5}}').values()
+    assert entry.retry == RetryPolicy(max_attempts=5)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +55,9 @@ def test_the_queue_table_reads_back_what_the_stack_writes() -> None:
         '{"q": {"key": "k", "maxAttempts": -2}}',
         '{"q": {"key": "k", "maxAttempts": 5, "dispatchDeadlineSeconds": 0}}',
         '{"q": {"key": "k", "maxAttempts": 5, "dispatchDeadlineSeconds": "600"}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "maxRetryDurationSeconds": -1}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "minBackoffSeconds": 0}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "maxDoublings": 1.5}}',
     ],
 )
 def test_a_table_of_another_shape_is_refused_naming_the_variable(text: str) -> None:

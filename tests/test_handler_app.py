@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from handler.dead_letters import MemoryDeadLetters
 from handler.environment import HandlerConfigError, HandlerSettings
 from handler.oidc import TokenVerifier
 from handler.structured_log import JsonLog
-from handler.tasks import PermanentError, RetryLater, TaskContext, TaskRouter
+from handler.tasks import Finality, PermanentError, RetryLater, TaskContext, TaskRouter
 
 QUEUE = "tasks-dev-default-336068"
 SETTINGS = HandlerSettings(queues={QUEUE: QueueEntry("default", max_attempts=3)}, invoker_emails=frozenset())
@@ -106,7 +107,7 @@ def test_done_work_answers_200_with_a_typed_context(client: TestClient) -> None:
     assert (context.queue, context.task, context.retry_count, context.attempt) == (QUEUE, "t1", 1, 2)
     assert context.previous_response == 500 and context.retry_reason is None
     assert context.eta is not None and context.eta.timestamp() == 1764331200.5
-    assert context.max_attempts == 3 and not context.is_final_attempt
+    assert context.max_attempts == 3 and context.finality(time.time()) is Finality.NOT_FINAL
 
 
 def test_blocking_work_runs_off_the_event_loop(client: TestClient) -> None:
