@@ -1,4 +1,5 @@
-"""The whole stack: APIs, invoker identity, task handler service, queues, and the values consumers need."""
+"""The whole stack: APIs, invoker identity, task handler service, queues, the dead-letter queue, and the values
+consumers need."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from components.apis import (
 from components.handler_service import TaskHandlerService, TaskHandlerServiceArgs
 from components.invoker import InvokerIdentity, InvokerIdentityArgs
 from components.monitoring import Monitoring, MonitoringArgs
-from components.settings import QUEUE_SUFFIX_HEX_LENGTH, QueueSettings, Settings
-from components.task_queue import QueueRouting, TaskQueue, TaskQueueArgs
-from contract import handler_env
+from components.settings import QUEUE_SUFFIX_HEX_LENGTH, Duration, QueueSettings, RateLimits, RetryPolicy, Settings
+from components.task_queue import ENQUEUER, TASK_DELETER, VIEWER, QueueGrant, QueueRouting, TaskQueue, TaskQueueArgs
+from contract import cloud_tasks, dead_letters, handler_env
 from contract.outputs import OutputName, QueueField
 
 
@@ -48,14 +49,20 @@ class CloudRunTasks(pulumi.ComponentResource):
         every_enqueuer = tuple(dict.fromkeys(m for q in s.queues for m in q.enqueuers))
         invoker = InvokerIdentity(
             f"{name}-invoker",
-            InvokerIdentityArgs(project=s.project, account_id=s.invoker_service_account_id, enqueuers=every_enqueuer),
+            InvokerIdentityArgs(
+                project=s.project,
+                account_id=s.invoker_service_account_id,
+                enqueuers=every_enqueuer,
+                operators=s.operators,
+            ),
             opts=self._after(apis.apis[IAM_API], apis.apis[CLOUD_TASKS_API]),
         )
         queue_ids = {q.key: self._queue_id(name, s.name_prefix, q.key) for q in s.queues}
+        dead_letter_id = self._queue_id(name, s.name_prefix, dead_letters.QUEUE_KEY)
         audience = _deterministic_url(s)
         handler = TaskHandlerService(
             f"{name}-handler",
-            _handler_args(s, queue_ids, invoker, audience),
+            _handler_args(s, queue_ids, _queue_path(s, dead_letter_id), invoker, audience),
             opts=self._after(
                 apis.apis[CLOUD_RUN_API], apis.apis[IAM_API], *([apis.apis[SECRET_MANAGER_API]] if secrets_used else [])
             ),
@@ -71,6 +78,8 @@ class CloudRunTasks(pulumi.ComponentResource):
                     retry=q.retry,
                     log_sampling_ratio=q.log_sampling_ratio,
                     enqueuers=q.enqueuers,
+                    # A replay creates the task again on its own queue.
+                    grants=[QueueGrant(ENQUEUER, member, member) for member in s.operators],
                     routing=QueueRouting(handler.uri, q.path, invoker.email, audience)
                     if q.queue_level_routing
                     else None,
@@ -80,6 +89,13 @@ class CloudRunTasks(pulumi.ComponentResource):
             )
             for q in s.queues
         }
+        dead_letter_queue = TaskQueue(
+            f"{name}-{dead_letters.QUEUE_KEY}",
+            _dead_letter_args(s, dead_letter_id, handler.runtime_member),
+            # After the queues whose tasks it records, so every listing of the stack's queues (the engine's, the
+            # local stack's) puts the queues the handler serves first, in config order.
+            opts=self._after(apis.apis[CLOUD_TASKS_API], *(q.queue for q in queues.values())),
+        )
         if s.monitoring.enabled:
             Monitoring(
                 f"{name}-monitoring",
@@ -87,6 +103,7 @@ class CloudRunTasks(pulumi.ComponentResource):
                     project=s.project,
                     location=s.location,
                     queue_ids={key: queues[key].queue_id for key in queues},
+                    dead_letter_queue_id=dead_letter_queue.queue_id,
                     service_name=handler.name,
                     settings=s.monitoring,
                     labels=dict(s.labels),
@@ -94,9 +111,16 @@ class CloudRunTasks(pulumi.ComponentResource):
                 ),
                 opts=self._after(apis.apis[MONITORING_API]),
             )
-        # Calling the service needs run.invoker and the agent's actAs; creating tasks needs the queue grants.
-        usable = [*handler.invoker_grants, *invoker.grants, *(g for q in queues.values() for g in q.grants)]
-        self.exports: dict[str, pulumi.Output[Any]] = _exports(s, handler, invoker, queues, audience, usable)
+        # Calling the service needs run.invoker and the agent's actAs; creating tasks needs the queue grants;
+        # recording and working dead letters, the dead-letter queue's.
+        usable = [
+            *handler.invoker_grants,
+            *invoker.grants,
+            *(g for q in (*queues.values(), dead_letter_queue) for g in q.grants),
+        ]
+        self.exports: dict[str, pulumi.Output[Any]] = _exports(
+            s, handler, invoker, queues, dead_letter_queue, audience, usable
+        )
         self.register_outputs(self.exports)
 
     def _after(self, *resources: pulumi.Resource) -> pulumi.ResourceOptions:
@@ -120,21 +144,75 @@ def _deterministic_url(s: Settings) -> pulumi.Output[str]:
     return pulumi.Output.concat("https://", s.service.name, "-", number, ".", s.location, ".run.app")
 
 
+def _queue_path(s: Settings, queue_id: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.concat("projects/", s.project, "/locations/", s.location, "/queues/", queue_id)
+
+
+def _queue_entry_for_handler(q: QueueSettings) -> handler_env.QueueEntry:
+    # The whole retry policy: the handler decides by it whether a failing attempt is the last (contract.retry).
+    policy = q.retry.in_seconds()
+    return handler_env.QueueEntry(
+        key=q.key,
+        max_attempts=policy.max_attempts,
+        dispatch_deadline_seconds=float(q.dispatch_deadline.seconds),
+        max_retry_duration_seconds=policy.max_retry_duration,
+        min_backoff_seconds=policy.min_backoff,
+        max_backoff_seconds=policy.max_backoff,
+        max_doublings=policy.max_doublings,
+    )
+
+
+def _dead_letter_args(s: Settings, queue_id: pulumi.Input[str], runtime_member: pulumi.Input[str]) -> TaskQueueArgs:
+    """The stack's dead-letter queue (contract.dead_letters): held paused, so nothing is dispatched from it.
+
+    Should someone resume it by mistake, nothing may be lost: a dead letter carries no OIDC token, so the
+    private service refuses each dispatch and Cloud Tasks retries it, without limit (-1 attempts, no duration:
+    until the 31-day retention), one dispatch at a time at the slowest rate this stack accepts.
+    """
+    operator_roles = (
+        VIEWER,  # list and get the dead letters
+        TASK_DELETER,  # discard one, and delete it once replayed
+        # Reading a task's body and headers needs cloudtasks.tasks.fullView, which no narrower predefined role
+        # holds: only enqueuer, taskRunner and admin. Enqueuer also lets an operator add tasks here, which a
+        # paused queue never dispatches.
+        ENQUEUER,
+    )
+    return TaskQueueArgs(
+        project=s.project,
+        location=s.location,
+        queue_id=queue_id,
+        rate_limits=RateLimits(
+            max_dispatches_per_second=cloud_tasks.MIN_DISPATCHES_PER_SECOND, max_concurrent_dispatches=1
+        ),
+        retry=RetryPolicy(
+            max_attempts=cloud_tasks.UNLIMITED_ATTEMPTS,
+            max_retry_duration=Duration.of(cloud_tasks.UNLIMITED_RETRY_DURATION_S),
+            min_backoff=Duration.of(cloud_tasks.DEFAULT_MIN_BACKOFF_S),
+            max_backoff=Duration.of(cloud_tasks.DEFAULT_MAX_BACKOFF_S),
+            max_doublings=cloud_tasks.DEFAULT_MAX_DOUBLINGS,
+        ),
+        # Every operation logged: a dispatch from this queue is a mistake someone should see.
+        log_sampling_ratio=1.0,
+        grants=[
+            # The handler records dead letters without an OIDC token, so it needs no actAs on any account.
+            QueueGrant(ENQUEUER, runtime_member, "runtime"),
+            *(QueueGrant(role, member, member) for member in s.operators for role in operator_roles),
+        ],
+        paused=True,
+        protect=s.deletion_protection,
+    )
+
+
 def _handler_args(
-    s: Settings, queue_ids: dict[str, pulumi.Output[str]], invoker: InvokerIdentity, audience: pulumi.Output[str]
+    s: Settings,
+    queue_ids: dict[str, pulumi.Output[str]],
+    dead_letter_path: pulumi.Output[str],
+    invoker: InvokerIdentity,
+    audience: pulumi.Output[str],
 ) -> TaskHandlerServiceArgs:
     service = s.service
     queue_table = pulumi.Output.all(**queue_ids).apply(
-        lambda ids: handler_env.encode_queue_table(
-            {
-                ids[q.key]: handler_env.QueueEntry(
-                    key=q.key,
-                    max_attempts=q.retry.max_attempts,
-                    dispatch_deadline_seconds=float(q.dispatch_deadline.seconds),
-                )
-                for q in s.queues
-            }
-        )
+        lambda ids: handler_env.encode_queue_table({ids[q.key]: _queue_entry_for_handler(q) for q in s.queues})
     )
     return TaskHandlerServiceArgs(
         project=s.project,
@@ -153,6 +231,7 @@ def _handler_args(
         env={
             **dict(service.env),
             handler_env.QUEUES: queue_table,
+            handler_env.DEAD_LETTER_QUEUE: dead_letter_path,
             handler_env.INVOKER_EMAILS: invoker.email,
             handler_env.OIDC_AUDIENCE: audience,
             handler_env.PROJECT: s.project,
@@ -174,6 +253,7 @@ def _exports(
     handler: TaskHandlerService,
     invoker: InvokerIdentity,
     queues: dict[str, TaskQueue],
+    dead_letter_queue: TaskQueue,
     audience: pulumi.Output[str],
     usable: list[pulumi.CustomResource],
 ) -> dict[str, pulumi.Output[Any]]:
@@ -196,6 +276,7 @@ def _exports(
         OutputName.QUEUES: queue_map,
         OutputName.DEFAULT_QUEUE: pulumi.Output.from_input(s.default_queue),
         OutputName.DEFAULT_QUEUE_PATH: ready(default.path),
+        OutputName.DEAD_LETTER_QUEUE: ready(dead_letter_queue.path),
         OutputName.CREATE_TASK_COMMAND: pulumi.Output.all(default.queue_id, service_url, invoker.email, audience).apply(
             lambda v: _gcloud_create_task(s, s.queue(s.default_queue), *v)
         ),

@@ -154,6 +154,7 @@ class TaskHandlerService(pulumi.ComponentResource):
         self.uri: pulumi.Output[str] = self.service.uri
         self.name: pulumi.Output[str] = self.service.name
         self.runtime_email: pulumi.Output[str] = self.runtime_account.email
+        self.runtime_member: pulumi.Output[str] = self.runtime_account.member
         self.register_outputs({"uri": self.uri, "runtime_email": self.runtime_email})
 
     def _secret_grant(

@@ -21,10 +21,12 @@ class InvokerIdentityArgs:
     account_id: str
     # Principals that create tasks naming this account in their OIDC token (they need actAs on it).
     enqueuers: Sequence[str] = ()
+    # Principals that replay dead letters: a replayed task carries this account's token, so they need actAs too.
+    operators: Sequence[str] = ()
 
 
 class InvokerIdentity(pulumi.ComponentResource):
-    """The invoker account, and who may act as it: the Cloud Tasks service agent and the enqueuers.
+    """The invoker account, and who may act as it: the Cloud Tasks service agent, the enqueuers, the operators.
 
     Every grant is on this one account, never project-wide: project-level Service Account User would
     let an enqueuer mint tokens as any account in the project.
@@ -61,7 +63,8 @@ class InvokerIdentity(pulumi.ComponentResource):
             self._act_as(f"{name}-tasks-agent-user", tasks_agent.member, child),
         ]
         self.grants += [
-            self._act_as(f"{name}-user-{member}", member, child) for member in dict.fromkeys(args.enqueuers)
+            self._act_as(f"{name}-user-{member}", member, child)
+            for member in dict.fromkeys((*args.enqueuers, *args.operators))
         ]
         self.email: pulumi.Output[str] = self.account.email
         self.member: pulumi.Output[str] = self.account.member

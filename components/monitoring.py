@@ -9,7 +9,7 @@ the two share-of-traffic conditions are ratios (`filter` over `denominatorFilter
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import pulumi_gcp as gcp
 
 from components.options import child_options
 from components.settings import MonitoringSettings
+from contract import cloud_tasks, dead_letters
 
 QUEUE_RESOURCE = "cloud_tasks_queue"
 QUEUE_DEPTH = "cloudtasks.googleapis.com/queue/depth"
@@ -39,6 +40,8 @@ class MonitoringArgs:
     location: str
     # Queue key (as in the stack config) -> physical queue id.
     queue_ids: Mapping[str, pulumi.Input[str]]
+    # The stack's dead-letter queue's id: any task in it is a task whose work was not done.
+    dead_letter_queue_id: pulumi.Input[str]
     service_name: pulumi.Input[str]
     settings: MonitoringSettings
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -48,7 +51,7 @@ class MonitoringArgs:
 
 class Monitoring(pulumi.ComponentResource):
     """One backlog and one failing-attempts policy per queue, the handler's 5xx and p99 latency policies, a
-    dead-letter depth policy when dead-letter queues are named, an email channel per address, a dashboard.
+    policy on the dead-letter queue's depth, an email channel per address, a dashboard.
 
     Every policy notifies every channel: the existing ones named in settings and the email ones made here.
     """
@@ -74,6 +77,7 @@ class Monitoring(pulumi.ComponentResource):
         )
         ids = pulumi.Output.all(**{key: pulumi.Output.from_input(v) for key, v in args.queue_ids.items()})
         service = pulumi.Output.from_input(args.service_name)
+        dead_letter_id = pulumi.Output.from_input(args.dead_letter_queue_id)
         target = _Target(args.project, args.location)
 
         def policy(
@@ -139,22 +143,20 @@ class Monitoring(pulumi.ComponentResource):
                 service.apply(lambda n: target.handler_latency_doc(n, s)),
             )
         )
-        if s.dead_letter_queue_ids:
-            # The hook for dead-letter queues: any task in one is a task that ran out of retries.
-            self.policies.append(
-                policy(
-                    "dead-letters",
-                    "tasks in a dead-letter queue",
-                    "ERROR",
-                    dead_letter_condition(s.dead_letter_queue_ids),
-                    target.dead_letter_doc(s.dead_letter_queue_ids),
-                )
+        self.policies.append(
+            policy(
+                "dead-letters",
+                "tasks in the dead-letter queue",
+                "ERROR",
+                dead_letter_id.apply(dead_letter_condition),
+                dead_letter_id.apply(target.dead_letter_doc),
             )
+        )
         self.dashboard = gcp.monitoring.Dashboard(
             f"{name}-dashboard",
             project=args.project,
-            dashboard_json=pulumi.Output.all(ids, service).apply(
-                lambda v: json.dumps(dashboard(args.title, v[0], v[1], args.location))
+            dashboard_json=pulumi.Output.all(ids, dead_letter_id, service).apply(
+                lambda v: json.dumps(dashboard(args.title, v[0], v[1], v[2], args.location))
             ),
             opts=child,
         )
@@ -287,17 +289,14 @@ def handler_latency_condition(
     )
 
 
-def dead_letter_condition(queue_ids: Sequence[str]) -> gcp.monitoring.AlertPolicyConditionArgs:
-    listed = ", ".join(f'"{q}"' for q in queue_ids)
+def dead_letter_condition(queue_id: str) -> gcp.monitoring.AlertPolicyConditionArgs:
     return gcp.monitoring.AlertPolicyConditionArgs(
-        display_name="a dead-letter queue holds tasks",
+        display_name=f"{queue_id}: holds dead letters",
         condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-            filter=(
-                f'resource.type = "{QUEUE_RESOURCE}" AND resource.labels.queue_id = one_of({listed})'
-                f' AND metric.type = "{QUEUE_DEPTH}"'
-            ),
+            filter=queue_filter(QUEUE_DEPTH, queue_id),
             comparison="COMPARISON_GT",
             threshold_value=0.0,
+            # At once: one dead letter is one task whose work was not done.
             duration="0s",
             aggregations=[
                 gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
@@ -403,15 +402,38 @@ class _Target:
             " warm.\n"
         )
 
-    def dead_letter_doc(self, queue_ids: Sequence[str]) -> str:
+    def dead_letter_doc(self, queue_id: str) -> str:
         where = f"--project={self.project} --location={self.location}"
-        listing = "".join(f"gcloud tasks list --queue={q} {where} --limit=20\n" for q in queue_ids)
+        client = "python -m taskclient dead-letters"
+        retention_days = round(cloud_tasks.TASK_RETENTION_S / 86400)
         return (
-            "## Tasks reached a dead-letter queue\n\n"
-            "A task in one of these queues ran out of retries on its own queue: its work was not done.\n\n"
-            f"### Look\n\n```sh\n{listing}```\n\n"
-            "- Find why it failed (the failing-attempts alert and the handler's logs), fix it, then run each task"
-            f" again with `gcloud tasks run TASK --queue=QUEUE {where}`.\n"
+            f"## Tasks in the dead-letter queue (`{queue_id}`)\n\n"
+            "Each task here is a dead letter: a task that failed for good (a permanent error, or its last attempt),"
+            " recorded by the handler before Cloud Tasks deleted it. Its work was not done. The queue is paused:"
+            f" nothing runs from it, and a dead letter is kept at most {retention_days} days (Cloud Tasks' task"
+            " retention), then lost.\n\n"
+            "### Look\n\n"
+            "The stack's outputs name every queue (`pulumi stack output --json > outputs.json`).\n\n"
+            "```sh\n"
+            f"{client} list --outputs outputs.json\n"
+            f"{client} show NAME --outputs outputs.json\n"
+            f"gcloud tasks queues describe {queue_id} {where} --format='value(state)'\n"
+            "```\n\n"
+            f"- Why each one failed: its `{dead_letters.HEADER_REASON}` header (`show`), and the handler's log entry"
+            " for the task (its `deadLetter` field).\n"
+            f"- `{dead_letters.HEADER_FINAL}: false` is provisional: the handler could not tell whether Cloud Tasks"
+            " would retry the task. If a later attempt succeeded (the handler's log says so), discard it.\n"
+            "- `state` must stay `PAUSED`; if it is not, pause it again with"
+            f" `gcloud tasks queues pause {queue_id} {where}`.\n\n"
+            "### Act\n\n"
+            "Fix the cause first (the handler's logs, the failing-attempts and 5xx alerts), then:\n\n"
+            "```sh\n"
+            f"{client} replay NAME --outputs outputs.json                # run one again on its own queue\n"
+            f"{client} replay --all --queue KEY --outputs outputs.json   # every dead letter of queue KEY\n"
+            f"{client} discard NAME --outputs outputs.json               # one that should not run\n"
+            "```\n\n"
+            "A replay creates the task again on its original queue, then deletes the dead letter; run again after"
+            " an interruption, it creates nothing twice.\n"
         )
 
 
@@ -480,10 +502,18 @@ def handler_widgets(service_name: str, location: str) -> list[dict[str, Any]]:
     ]
 
 
-def dashboard(title: str, queue_ids: Mapping[str, str], service_name: str, location: str) -> dict[str, Any]:
-    """A row of three charts per queue, then the handler's two; mosaic layout, 12 columns wide."""
+def dead_letter_widgets(queue_id: str) -> list[dict[str, Any]]:
+    return [_chart("dead letters: tasks held", queue_filter(QUEUE_DEPTH, queue_id), {"perSeriesAligner": "ALIGN_MAX"})]
+
+
+def dashboard(
+    title: str, queue_ids: Mapping[str, str], dead_letter_queue_id: str, service_name: str, location: str
+) -> dict[str, Any]:
+    """A row of three charts per queue, the dead-letter queue's depth, then the handler's two; mosaic layout,
+    12 columns wide."""
     tiles: list[dict[str, Any]] = []
     rows = [queue_widgets(key, queue_id) for key, queue_id in queue_ids.items()]
+    rows.append(dead_letter_widgets(dead_letter_queue_id))
     rows.append(handler_widgets(service_name, location))
     for row_index, row in enumerate(rows):
         width = 12 // len(row)

@@ -19,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from contract import cloud_run, cloud_tasks, handler_env
+from contract import cloud_run, cloud_tasks, dead_letters, handler_env
 from contract import retry as retry_law
 
 NAMESPACE = "cloudrun-tasks"
@@ -134,6 +134,16 @@ class RetryPolicy:
     max_backoff: Duration
     max_doublings: int
 
+    def in_seconds(self) -> retry_law.RetryPolicy:
+        """The same policy in float seconds, as the retry law (contract.retry) computes with it."""
+        return retry_law.RetryPolicy(
+            max_attempts=self.max_attempts,
+            max_retry_duration=float(self.max_retry_duration.seconds),
+            min_backoff=float(self.min_backoff.seconds),
+            max_backoff=float(self.max_backoff.seconds),
+            max_doublings=self.max_doublings,
+        )
+
 
 @dataclass(frozen=True)
 class QueueSettings:
@@ -212,7 +222,6 @@ class MonitoringSettings:
     failing_for: Duration  # how long the failing-attempts, 5xx and latency conditions must hold
     notification_channels: tuple[str, ...]  # existing channels: projects/P/notificationChannels/N
     emails: tuple[str, ...]  # an email channel is created for each
-    dead_letter_queue_ids: tuple[str, ...]  # queues whose depth must stay 0
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,8 @@ class Settings:
     queues: tuple[QueueSettings, ...]
     default_queue: str
     monitoring: MonitoringSettings
+    # Members who work the dead-letter queue (taskclient dead-letters): list, read, replay, discard.
+    operators: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key; the stack's own two among them
     warnings: tuple[str, ...] = ()
 
@@ -418,6 +429,7 @@ PROJECT_KEYS = (
     "deletionProtection",
     "invokerServiceAccountId",
     "enqueuers",
+    "operators",
     "defaultQueue",
     "labels",
     "service",
@@ -469,7 +481,6 @@ MONITORING_KEYS = (
     "failingFor",
     "notificationChannels",
     "emails",
-    "deadLetterQueueIds",
 )
 
 # A public sample that answers 200 to any request, so a first `pulumi up` works end to end.
@@ -548,6 +559,7 @@ def load_settings(config: Mapping[str, str], stack: str, *, secret_keys: Collect
     prefix = _name_prefix(top, stack)
     deletion_protection = top.flag("deletionProtection", True)
     enqueuers = top.members("enqueuers")
+    operators = top.members("operators")
     service_reader = top.child("service", SERVICE_KEYS)
     scale = _Scale(
         # 10 caps cost and protects downstream systems; Cloud Run's own default is 100.
@@ -589,8 +601,9 @@ def load_settings(config: Mapping[str, str], stack: str, *, secret_keys: Collect
         queues=tuple(queues),
         default_queue=default_queue,
         monitoring=monitoring,
+        operators=operators,
         labels=labels,
-        warnings=tuple(_capacity_warnings(queues, scale.capacity)),
+        warnings=(*_capacity_warnings(queues, scale.capacity), *_final_attempt_warnings(queues)),
     )
 
 
@@ -694,6 +707,11 @@ def _queues(
     for key, value in raw.items():
         if not _QUEUE_KEY.fullmatch(key):
             problems.append(f"queues.{shown_key(key)}: queue names use only letters, digits and hyphens (1-100)")
+        elif key == dead_letters.QUEUE_KEY:
+            problems.append(
+                f"queues.{key}: the queue name {key!r} is reserved for the stack's own dead-letter queue"
+                f" (<namePrefix>-{key}-<6 hex>, which the stack always creates); choose another name"
+            )
         elif prefix is not None and len(key) > longest_key:
             problems.append(
                 f"queues.{key}: {len(key)} characters is too long; with namePrefix {prefix!r} and the"
@@ -806,15 +824,7 @@ def _check_retry_window(r: _Reader, policy: RetryPolicy) -> None:
     """A queue must keep retrying for as long as a new IAM binding can take to apply: until the invoker's
     run.invoker grant has, Cloud Run answers 401/403, and a queue whose retries end sooner drops the first
     tasks after a first deploy."""
-    window = retry_law.retry_window(
-        retry_law.RetryPolicy(
-            max_attempts=policy.max_attempts,
-            max_retry_duration=float(policy.max_retry_duration.seconds),
-            min_backoff=float(policy.min_backoff.seconds),
-            max_backoff=float(policy.max_backoff.seconds),
-            max_doublings=policy.max_doublings,
-        )
-    )
+    window = retry_law.retry_window(policy.in_seconds())
     least = _seconds(cloud_run.IAM_PROPAGATION_S)
     if window < cloud_run.IAM_PROPAGATION_S:
         r.problems.append(
@@ -1127,6 +1137,43 @@ def _capacity_warnings(queues: list[QueueSettings], capacity: int) -> list[str]:
     ]
 
 
+def _final_attempt_warnings(queues: list[QueueSettings]) -> list[str]:
+    """Queues on which the handler may not know whether a failing attempt is the last one.
+
+    Cloud Tasks stops retrying only when both limits are used up (contract.retry), and sends no header with
+    the first attempt's time. The attempt count is exact; the time since the first attempt is known only
+    from below (the backoff schedule) unless the producer set X-Tasks-Not-Before. So a queue with a
+    maxRetryDuration that can outlast its attempt limit leaves the handler guessing: it then records a
+    provisional dead letter and asks for a retry, which loses no task but leaves a record to sort out.
+    """
+    warnings = []
+    for q in queues:
+        policy = q.retry.in_seconds()
+        if policy.max_retry_duration <= cloud_tasks.UNLIMITED_RETRY_DURATION_S:
+            continue  # decided by attempts alone: the count is exact
+        where = f"queues.{q.key}.retry.maxRetryDuration: {q.retry.max_retry_duration}"
+        if policy.max_attempts == cloud_tasks.UNLIMITED_ATTEMPTS:
+            when = "with maxAttempts -1 (unlimited) ends retries by time alone: until"
+            fix = "set maxAttempts to a number and maxRetryDuration to 0s to decide by attempts alone"
+        else:
+            last = retry_law.time_of_attempt(policy, policy.max_attempts)
+            if last >= policy.max_retry_duration:
+                continue  # used up by the time of the last attempt by count: the count decides
+            when = (
+                f"outlasts maxAttempts {policy.max_attempts} (attempt {policy.max_attempts} may come"
+                f" {_seconds(round(last, 3))} after the first): from attempt {policy.max_attempts} on, until"
+            )
+            fix = "set maxRetryDuration to 0s to decide by attempts alone"
+        warnings.append(
+            f"{where} {when} the backoff schedule alone passes it, the handler cannot tell whether a failing"
+            " attempt is the last one (Cloud Tasks sends no header with the first attempt's time) except for"
+            f" tasks whose producer set {dead_letters.HEADER_NOT_BEFORE} (taskclient does; gcloud does not);"
+            " it then records a provisional dead letter and asks for a retry, losing nothing but leaving a"
+            f" record to sort out; {fix}, or create this queue's tasks with taskclient"
+        )
+    return warnings
+
+
 # --- monitoring: alert thresholds and where alerts go ----------------------------------------------
 
 # Cloud Monitoring accepts a condition's duration only as "a multiple of a minute--e.g., 0, 60, 120, or 300
@@ -1178,9 +1225,6 @@ def _monitoring(m: _Reader, timeout: Duration) -> MonitoringSettings:
         failing_for=_alert_duration(m, "failingFor"),
         notification_channels=_strings(m, "notificationChannels", _NOTIFICATION_CHANNEL, NOTIFICATION_CHANNEL_RULE),
         emails=_strings(m, "emails", _EMAIL, "is not an email address"),
-        dead_letter_queue_ids=_strings(
-            m, "deadLetterQueueIds", _QUEUE_KEY, "is not a Cloud Tasks queue id (1-100 letters, digits, hyphens)"
-        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""A Cloud Tasks queue with its rate, retry, logging, optional routing, and enqueue rights."""
+"""A Cloud Tasks queue with its rate, retry, logging, optional routing and pause, and who may do what on it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from components.options import child_options
 from components.settings import RateLimits, RetryPolicy
 
 ENQUEUER = "roles/cloudtasks.enqueuer"
+VIEWER = "roles/cloudtasks.viewer"
+TASK_DELETER = "roles/cloudtasks.taskDeleter"
+PAUSED = "PAUSED"
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,16 @@ class QueueRouting:
 
 
 @dataclass(frozen=True)
+class QueueGrant:
+    """One role on this queue for one member. `label` names the grant's resource: the member itself when
+    it is a string (a config value), or a stable word for a member another resource computes."""
+
+    role: str
+    member: pulumi.Input[str]
+    label: str
+
+
+@dataclass(frozen=True)
 class TaskQueueArgs:
     project: pulumi.Input[str]
     location: str
@@ -36,13 +49,18 @@ class TaskQueueArgs:
     retry: RetryPolicy
     log_sampling_ratio: float
     enqueuers: Sequence[str] = ()
+    # Beyond roles/cloudtasks.enqueuer for the enqueuers: any role on this queue only.
+    grants: Sequence[QueueGrant] = ()
     routing: QueueRouting | None = None
+    # Held PAUSED: tasks can be added and read, none is dispatched (the dead-letter queue). Other queues leave
+    # the state unset, so a queue an operator pauses in an incident is not resumed by the next `pulumi up`.
+    paused: bool = False
     # Pulumi refuses to delete a protected queue, at preview time, before anything changes.
     protect: bool = True
 
 
 class TaskQueue(pulumi.ComponentResource):
-    """One queue; `roles/cloudtasks.enqueuer` for each enqueuer on this queue only."""
+    """One queue; `roles/cloudtasks.enqueuer` for each enqueuer, and each other grant, on this queue only."""
 
     def __init__(self, name: str, args: TaskQueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("cloudrun-tasks:index:TaskQueue", name, None, opts)
@@ -69,19 +87,25 @@ class TaskQueue(pulumi.ComponentResource):
                 sampling_ratio=args.log_sampling_ratio,
             ),
             http_target=_http_target(args.routing) if args.routing else None,
+            desired_state=PAUSED if args.paused else None,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=args.protect)),
         )
+        wanted = [*(QueueGrant(ENQUEUER, member, member) for member in args.enqueuers), *args.grants]
+        # One resource per role and member, however many reasons ask for it (an operator who also enqueues).
+        unique: dict[tuple[str, str], QueueGrant] = {}
+        for grant in wanted:
+            unique.setdefault((grant.role, grant.label), grant)
         self.grants: list[pulumi.CustomResource] = [
             gcp.cloudtasks.QueueIamMember(
-                f"{name}-enqueuer-{member}",
+                f"{name}-{grant.role.removeprefix('roles/cloudtasks.')}-{grant.label}",
                 project=args.project,
                 location=args.location,
                 name=self.queue.name,
-                role=ENQUEUER,
-                member=member,
+                role=grant.role,
+                member=grant.member,
                 opts=child,
             )
-            for member in dict.fromkeys(args.enqueuers)
+            for grant in unique.values()
         ]
         self.queue_id: pulumi.Output[str] = self.queue.name
         self.path: pulumi.Output[str] = pulumi.Output.concat(

@@ -1,9 +1,10 @@
 """The local stack: the Pulumi program evaluated offline, then realised on this machine.
 
 What the program declares becomes real on loopback: each `gcp.cloudtasks.Queue` a queue on the
-emulator (rate, retry, routing as configured), the `gcp.cloudrunv2.Service` the handler process with the
-environment the program gave it, and the run.invoker grants the set of accounts whose tokens that
-service accepts. Cloud Run checks the token's signature, audience and invoker role before a request
+emulator (rate, retry, routing and pause as configured, so the dead-letter queue is held paused), the
+`gcp.cloudrunv2.Service` the handler process with the environment the program gave it (pointed at the
+emulator, where its dead-letter sink records), and the run.invoker grants the set of accounts whose tokens
+that service accepts. Cloud Run checks the token's signature, audience and invoker role before a request
 reaches the container; locally the handler does the same checks, against the emulator's signing keys.
 """
 
@@ -132,6 +133,9 @@ def queue_from_inputs(inputs: Mapping[str, Any]) -> tasks_v2.Queue:
                 "samplingRatio", cloud_tasks.DEFAULT_LOG_SAMPLING_RATIO
             )
         ),
+        # The declared desiredState. CreateQueue takes state as output only (a new queue is RUNNING), so
+        # `_create_queues` creates the queue, then pauses it.
+        state=getattr(tasks_v2.Queue.State, inputs.get("desiredState") or "RUNNING"),
     )
     target = inputs.get("httpTarget")
     if target:
@@ -225,7 +229,7 @@ def running(
         _forward(emulator, "emulator", on_line)
         handler = _start(
             [*handler_command, "--port", str(handler_port)],
-            _handler_env(local.service, stack_run.certs_url),
+            _handler_env(local.service, stack_run.certs_url, stack_run.emulator_host),
             processes,
         )
         _forward(handler, "handler", on_line)
@@ -236,10 +240,12 @@ def running(
         stack_run.stop()
 
 
-def _handler_env(service: ServicePlan, certs_url: str) -> dict[str, str]:
+def _handler_env(service: ServicePlan, certs_url: str, emulator_host: str | None = None) -> dict[str, str]:
     # Cloud Run's checks, done by the handler: signature (emulator keys), audience (the service's
     # deterministic URL, which the program declares in the env as it does in every token), and the invoker
-    # role, taken from the run.invoker grants the program declares rather than from its own env.
+    # role, taken from the run.invoker grants the program declares rather than from its own env. The
+    # dead-letter queue (TASKS_DEAD_LETTER_QUEUE, from the program) is on the emulator, as every queue is:
+    # `emulator_host` points the handler's dead-letter sink there.
     return {
         **{name: os.environ[name] for name in service.secret_env if name in os.environ},
         **service.env,
@@ -247,6 +253,7 @@ def _handler_env(service: ServicePlan, certs_url: str) -> dict[str, str]:
         handler_env.OIDC_CERTS_URL: certs_url,
         handler_env.INVOKER_EMAILS: ",".join(sorted(service.invokers)),
         handler_env.PORT: str(service.port),
+        **({cloud_tasks.EMULATOR_HOST_ENV: emulator_host} if emulator_host else {}),
     }
 
 
@@ -286,7 +293,12 @@ def _create_queues(emulator_host: str, queues: tuple[tasks_v2.Queue, ...]) -> No
     try:
         for queue in queues:
             parent = queue.name.rsplit("/queues/", 1)[0]
-            client.create_queue(parent=parent, queue=queue)
+            # As the provider does for desired_state: create (state is output only), then pause.
+            created = tasks_v2.Queue(queue)
+            tasks_v2.Queue.pb(created).ClearField("state")
+            client.create_queue(parent=parent, queue=created)
+            if queue.state == tasks_v2.Queue.State.PAUSED:
+                client.pause_queue(name=queue.name)
     finally:
         channel.close()
 

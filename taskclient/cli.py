@@ -1,4 +1,5 @@
-"""`python -m taskclient send|bulk`: create tasks from the stack's outputs, from a shell or CI."""
+"""`python -m taskclient send|bulk|dead-letters`: create tasks from the stack's outputs, and list, replay or
+discard dead letters, from a shell or CI."""
 
 from __future__ import annotations
 
@@ -11,27 +12,25 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from contract.outputs import OUTPUTS_ENV, StackOutputsError
-from taskclient.errors import TaskClientError
+from taskclient import dead_letter_cli
+from taskclient.errors import TaskClientError, UsageError
+from taskclient.progress import progress_bar
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, read_outputs_document
+
+__all__ = ["UsageError", "duration", "main"]
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class UsageError(Exception):
-    """A command-line mistake: reported in one line, exit status 2."""
 
 
 def duration(text: str) -> timedelta:
@@ -46,6 +45,9 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None) -> 
     args = _parser().parse_args(argv)
     stdin = stdin or sys.stdin
     try:
+        if args.command == dead_letter_cli.COMMAND:
+            dead_letter_cli.check(args)
+            return dead_letter_cli.run(args, _outputs(args.outputs, stdin))
         document = _outputs(args.outputs, stdin)
         with TaskPublisher.from_mapping(document) as publisher:
             if args.command == "send":
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FIELD",
         help="derive each task's id from this field of its payload, so a rerun of the file creates nothing twice",
     )
+
+    dead_letter_cli.add_parser(commands, outputs_help)
     return parser
 
 
@@ -171,7 +175,7 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) ->
 
     console = Console(stderr=True)
     started = time.perf_counter()
-    with _progress(console, len(requests)) as advance:
+    with progress_bar(console, len(requests), "creating tasks") as advance:
         results = publisher.publish_many(requests, concurrency=args.concurrency, on_result=lambda _: advance())
     elapsed = time.perf_counter() - started
 
@@ -205,21 +209,3 @@ def _bulk_request(payload: Any, args: argparse.Namespace) -> TaskRequest:
             raise UsageError(f"no field {args.dedupe_field!r} to derive the task id from")
         dedupe_key = json.dumps(payload[args.dedupe_field], sort_keys=True)
     return TaskRequest(payload, queue=args.queue, dedupe_key=dedupe_key)
-
-
-@contextlib.contextmanager
-def _progress(console: Console, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on a terminal; nothing when output goes to a file or a CI log."""
-    if not console.is_terminal:
-        yield lambda: None
-        return
-    columns = (TextColumn("creating tasks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task("tasks", total=total)
-        lock = threading.Lock()
-
-        def advance() -> None:
-            with lock:  # results arrive from worker threads
-                progress.advance(bar)
-
-        yield advance

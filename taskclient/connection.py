@@ -1,4 +1,4 @@
-"""One Cloud Tasks client (one channel) per publisher: Google's endpoint, or a local emulator."""
+"""One Cloud Tasks client (one channel) per publisher or DeadLetters: Google's endpoint, or a local emulator."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from contract.cloud_tasks import EMULATOR_HOST_ENV
 from taskclient.errors import TaskValidationError
 
-# The Python client has no emulator switch of its own (googleapis/python-tasks#333); this is ours.
-EMULATOR_ENV = "CLOUD_TASKS_EMULATOR_HOST"
+EMULATOR_ENV = EMULATOR_HOST_ENV
 _HOST_PORT = re.compile(r"(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+_UNLIMITED_MESSAGES = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ def connect(emulator_host: str | None = None) -> Connection:
     if host:
         if not _HOST_PORT.fullmatch(host):
             raise TaskValidationError(f"{EMULATOR_ENV}: {host!r} is not host:port (e.g. 127.0.0.1:8123)")
-        # An injected channel: client_options with an endpoint would still build a TLS channel.
-        transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(host))
+        # An injected channel: client_options with an endpoint would still build a TLS channel. No message size
+        # limit, as on the channel the client builds for Google (its transport's create_channel): a page of
+        # tasks in FULL view holds their bodies, well over gRPC's 4 MB default.
+        channel = grpc.insecure_channel(host, options=_UNLIMITED_MESSAGES)
+        transport = CloudTasksGrpcTransport(channel=channel)
         return Connection(tasks_v2.CloudTasksClient(transport=transport), principal=f"the caller (emulator {host})")
     credentials, _ = google.auth.default()
     email = getattr(credentials, "service_account_email", None)

@@ -21,6 +21,19 @@ class PublishError(TaskClientError):
         self.code = code
 
 
+class DeadLetterError(TaskClientError):
+    """A dead letter cannot be read, replayed or discarded: the message says why and what to change.
+    `code` is the gRPC status name when Cloud Tasks refused the call, else "REFUSED"."""
+
+    def __init__(self, message: str, code: str = "REFUSED") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported in one line, exit status 2."""
+
+
 # Safe to retry only for named tasks: a retry of a name the server already stored gets ALREADY_EXISTS,
 # which then means "created"; an unnamed task retried after a lost response would be created twice.
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
@@ -30,8 +43,7 @@ def explain(
     error: gexc.GoogleAPICallError, *, queue_path: str, invoker_email: str, principal: str, location: str
 ) -> PublishError:
     """Turns a server error into a message that names the missing role, principal or resource."""
-    code = error.grpc_status_code.name if error.grpc_status_code else type(error).__name__
-    detail = error.message or str(error)
+    code, detail = status(error)
     if isinstance(error, gexc.PermissionDenied):
         if "actAs" in detail or "serviceAccountUser" in detail:
             message = (
@@ -54,7 +66,35 @@ def explain(
             f" `gcloud tasks queues describe` shows its state; `gcloud tasks queues resume` restarts it"
         )
     elif isinstance(error, gexc.Unauthenticated):
-        message = "no valid credentials: run `gcloud auth application-default login`, or set up workload identity"
+        message = NO_CREDENTIALS
     else:
         message = f"Cloud Tasks answered {code}"
     return PublishError(f"{message} [{code}: {detail}]", code)
+
+
+NO_CREDENTIALS = "no valid credentials: run `gcloud auth application-default login`, or set up workload identity"
+
+
+def status(error: gexc.GoogleAPICallError) -> tuple[str, str]:
+    """The gRPC status name and the server's message."""
+    code = error.grpc_status_code.name if error.grpc_status_code else type(error).__name__
+    return code, error.message or str(error)
+
+
+def explain_operator_call(
+    error: gexc.GoogleAPICallError, *, principal: str, denied: str, not_found: str
+) -> DeadLetterError:
+    """A server error on a dead-letter operator's call (list, get, delete) as a message to act on.
+
+    denied: what the principal may not do and the role that allows it; not_found: what NOT_FOUND means here.
+    """
+    code, detail = status(error)
+    if isinstance(error, gexc.PermissionDenied):
+        message = f"{principal} {denied} (add it to the stack's operators)"
+    elif isinstance(error, gexc.NotFound):
+        message = not_found
+    elif isinstance(error, gexc.Unauthenticated):
+        message = NO_CREDENTIALS
+    else:
+        message = f"Cloud Tasks answered {code}"
+    return DeadLetterError(f"{message} [{code}: {detail}]", code)

@@ -9,12 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -25,9 +22,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
 
 from contract import cloud_tasks as limits
+from contract.dead_letters import HEADER_NOT_BEFORE, HEADER_PREFIX
 from contract.outputs import OUTPUTS_ENV, QueueOutputs, StackOutputs, StackOutputsError
+from taskclient.calls import Backoff, GaveUp, run_bounded
 from taskclient.connection import Connection, connect
-from taskclient.errors import TRANSIENT, PublishError, TaskClientError, TaskValidationError, explain
+from taskclient.errors import PublishError, TaskClientError, TaskValidationError, explain
 
 # Cloud Tasks limits (contract/cloud_tasks.py has their sources). The CreateTask reference says 100 KB per
 # task while the quotas page says 1 MiB: the lower one is safe under both.
@@ -101,11 +100,9 @@ class TaskPublisher:
     ) -> None:
         self.outputs = outputs
         self._connection = connection or connect()
-        self._retries = retries
-        self._backoff = backoff
+        self._calls = Backoff(retries, backoff, sleep)
         self._timeout = timeout
         self._now = now
-        self._sleep = sleep
 
     # --- construction from the exported values -------------------------------------------------
 
@@ -122,10 +119,7 @@ class TaskPublisher:
     @classmethod
     def from_env(cls, **options: Unpack[PublisherOptions]) -> TaskPublisher:
         """From the JSON document in CLOUDRUN_TASKS_OUTPUTS (how a deployed producer receives it)."""
-        text = os.environ.get(OUTPUTS_ENV)
-        if not text:
-            raise StackOutputsError(f"{OUTPUTS_ENV} is not set")
-        return cls.from_mapping(_parse_json(text, OUTPUTS_ENV), **options)
+        return cls.from_mapping(read_outputs_env(), **options)
 
     def __enter__(self) -> TaskPublisher:
         return self
@@ -185,27 +179,10 @@ class TaskPublisher:
         Returns one result per item, in input order: created, duplicate, or failed with the reason.
         `on_result` is called as each finishes (from a worker thread), e.g. for a progress bar.
         """
-        if not 1 <= concurrency <= 1000:
-            raise TaskValidationError(f"concurrency: {concurrency} is outside 1..1000")
-        # Bounded submission: a generator of a million items never becomes a million queued futures.
-        window = threading.BoundedSemaphore(concurrency * 2)
-        futures: list[Future[PublishResult]] = []
+        return run_bounded(items, self._publish_one, concurrency=concurrency, on_result=on_result)
 
-        def finished(future: Future[PublishResult]) -> None:
-            window.release()
-            if on_result is not None:
-                on_result(future.result())
-
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="taskclient") as pool:
-            for index, item in enumerate(items):
-                window.acquire()
-                request = item if isinstance(item, TaskRequest) else TaskRequest(item)
-                future = pool.submit(self._publish_one, index, request)
-                future.add_done_callback(finished)
-                futures.append(future)
-        return [future.result() for future in futures]
-
-    def _publish_one(self, index: int, request: TaskRequest) -> PublishResult:
+    def _publish_one(self, index: int, item: TaskRequest | Any) -> PublishResult:
+        request = item if isinstance(item, TaskRequest) else TaskRequest(item)
         try:
             parent, task = self.build(request)
             outcome, name = self._create(parent, task)
@@ -217,24 +194,29 @@ class TaskPublisher:
 
     def _create(self, parent: str, task: tasks_v2.Task) -> tuple[Outcome, str]:
         client = self._connection.client
-        for attempt in range(self._retries + 1):
+
+        def create(attempt: int) -> tuple[Outcome, str]:
             try:
                 created = client.create_task(parent=parent, task=task, retry=None, timeout=self._timeout)
                 return Outcome.CREATED, created.name
             except gexc.AlreadyExists:
                 # After a retry, the name is there because our own earlier attempt stored it.
                 return (Outcome.CREATED if attempt else Outcome.DUPLICATE), task.name
-            except TRANSIENT as err:
-                if not task.name:
-                    raise self._explain(err, parent, " (not retried: a task without a name could be created twice;"
-                                        " pass name= or dedupe_key= to make retries safe)") from None  # fmt: skip
-                if attempt == self._retries:
-                    raise self._explain(err, parent, f" (after {attempt + 1} attempts)") from None
-                # Exponential backoff with jitter, so many workers do not retry in step.
-                self._sleep(self._backoff * 2**attempt * (0.5 + random.random()))
-            except gexc.GoogleAPICallError as err:
-                raise self._explain(err, parent, "") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        try:
+            # A task without a name is not retried: after a lost response, a retry would create it twice.
+            return self._calls.run(create, retries=None if task.name else 0)
+        except GaveUp as gave_up:
+            if not task.name:
+                note = (
+                    " (not retried: a task without a name could be created twice;"
+                    " pass name= or dedupe_key= to make retries safe)"
+                )
+            else:
+                note = f" (after {gave_up.attempts} attempts)"
+            raise self._explain(gave_up.error, parent, note) from None
+        except gexc.GoogleAPICallError as err:
+            raise self._explain(err, parent, "") from None
 
     def _explain(self, err: gexc.GoogleAPICallError, parent: str, note: str) -> PublishError:
         error = explain(
@@ -251,12 +233,13 @@ class TaskPublisher:
     def build(self, request: TaskRequest) -> tuple[str, tasks_v2.Task]:
         """The queue path and the Task for `request`, or TaskValidationError naming every bad argument."""
         problems: list[str] = []
+        now = self._now()
         queue = self._queue(request.queue, problems)
         body, content_type = _body(request.payload, problems)
-        headers = _headers(request.headers, content_type, problems)
+        schedule = self._schedule(request.delay, request.schedule_at, now, problems)
+        headers = _headers(request.headers, content_type, not_before(max(now, schedule or now)), problems)
         url = self._url(queue, request.path, problems)
         name = self._task_name(queue, request.name, request.dedupe_key, problems)
-        schedule = self._schedule(request.delay, request.schedule_at, problems)
         deadline = _deadline(request.deadline, queue, problems)
         if problems or queue is None:
             raise TaskValidationError("; ".join(problems))
@@ -307,11 +290,12 @@ class TaskPublisher:
             return ""
         return f"{queue.path}/tasks/{task_id}"
 
-    def _schedule(self, delay: timedelta | float | None, at: datetime | None, problems: list[str]) -> datetime | None:
+    def _schedule(
+        self, delay: timedelta | float | None, at: datetime | None, now: datetime, problems: list[str]
+    ) -> datetime | None:
         if delay is not None and at is not None:
             problems.append("delay, schedule_at: give one or the other")
             return None
-        now = self._now()
         if delay is not None:
             delta = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
             if delta < timedelta(0) or delta > MAX_SCHEDULE_AHEAD:
@@ -347,7 +331,14 @@ def _body(payload: Any, problems: list[str]) -> tuple[bytes, str | None]:
     return body, content_type
 
 
-def _headers(headers: Mapping[str, str] | None, content_type: str | None, problems: list[str]) -> dict[str, str]:
+def not_before(at: datetime) -> str:
+    """The X-Tasks-Not-Before value for `at`: seconds since the epoch, to the millisecond."""
+    return f"{at.timestamp():.3f}"
+
+
+def _headers(
+    headers: Mapping[str, str] | None, content_type: str | None, earliest: str, problems: list[str]
+) -> dict[str, str]:
     given = dict(headers or {})
     result = {}
     # A Content-Type the caller gives wins over the one derived from the payload.
@@ -357,10 +348,20 @@ def _headers(headers: Mapping[str, str] | None, content_type: str | None, proble
         lower = key.lower()
         if lower in REFUSED_HEADERS or lower.startswith(limits.RESERVED_HEADER_PREFIXES):
             problems.append(f"headers: {key!r} is set by Cloud Tasks (or the OIDC token); remove it")
+        elif lower == HEADER_NOT_BEFORE.lower():
+            # Refused, not overwritten: a producer who sets it expects its value to be used, and it is not.
+            problems.append(
+                f"headers: {key!r} is set by taskclient (the earliest time the first attempt can run:"
+                " now, or the schedule time); remove it"
+            )
+        elif lower.startswith(HEADER_PREFIX.lower()):
+            # The handler drops these from a delivery, so a dead letter (and its replay) would lose them.
+            problems.append(f"headers: {key!r}: the {HEADER_PREFIX} prefix is kept for dead-letter metadata")
         elif not isinstance(value, str):
             problems.append(f"headers: {key!r} must be a string, got {type(value).__name__}")
         else:
             result[key] = value
+    result[HEADER_NOT_BEFORE] = earliest
     size = sum(len(k) + len(v) for k, v in result.items())
     if size >= limits.MAX_HEADERS_BYTES:
         problems.append(f"headers: {size:,} bytes is at or above the Cloud Tasks limit of {limits.MAX_HEADERS_BYTES:,}")
@@ -374,6 +375,14 @@ def _deadline(deadline: timedelta | float | None, queue: QueueOutputs | None, pr
     if not MIN_DEADLINE <= value <= MAX_DEADLINE:
         problems.append(f"deadline: {value.total_seconds():g}s is outside 15s..1800s (Cloud Tasks HTTP task range)")
     return value
+
+
+def read_outputs_env() -> dict[str, Any]:
+    """The JSON document in CLOUDRUN_TASKS_OUTPUTS."""
+    text = os.environ.get(OUTPUTS_ENV)
+    if not text:
+        raise StackOutputsError(f"{OUTPUTS_ENV} is not set")
+    return _parse_json(text, OUTPUTS_ENV)
 
 
 def read_outputs_document(path: str | Path, stdin: IO[str] | None = None) -> dict[str, Any]:

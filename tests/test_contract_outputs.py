@@ -27,6 +27,9 @@ def test_reads_the_programs_outputs() -> None:
     outputs = StackOutputs.from_mapping(dict(dev_run().outputs))
     assert set(outputs.queues) == {"default", "emails"}
     assert outputs.queues["default"].key == "default"
+    assert outputs.dead_letter_queue.startswith(
+        "projects/my-tasks-dev/locations/europe-west1/queues/tasks-dev-dead-letters-"
+    )
 
 
 def test_whole_numbers_that_crossed_the_engine_as_doubles_are_accepted() -> None:
@@ -46,6 +49,7 @@ def test_whole_numbers_that_crossed_the_engine_as_doubles_are_accepted() -> None
         ((OutputName.QUEUES, "emails", QueueField.PATH), None, "queues.emails.path: expected str, got None"),
         ((OutputName.QUEUES, "emails", QueueField.QUEUE_LEVEL_ROUTING), 1, "queue_level_routing: expected bool"),
         ((OutputName.DEFAULT_QUEUE,), "nope", "default_queue: 'nope' is not in queues"),
+        ((OutputName.DEAD_LETTER_QUEUE,), None, "dead_letter_queue: expected a non-empty string, got None"),
     ],
 )
 def test_a_wrong_document_is_refused_naming_the_output(path: tuple[str, ...], value: Any, message: str) -> None:

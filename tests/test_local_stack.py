@@ -146,3 +146,26 @@ def test_the_demo_delivers_everything_and_loses_nothing() -> None:
     assert "dead-lettered 8" in summary and "retried 20" in summary
     written = json.loads((PROJECT_DIR / ".localcloud" / "outputs.json").read_text())
     assert StackOutputs.from_mapping(written).service_url.startswith("http://127.0.0.1:")
+
+
+def test_a_dead_letter_is_held_on_the_paused_dead_letter_queue_of_the_emulator(stack: Watched) -> None:
+    """The handler's sink reaches the emulator (CLOUD_TASKS_EMULATOR_HOST) and records in the queue the program
+    declares (TASKS_DEAD_LETTER_QUEUE), which the local stack holds paused: the dead letter stays there."""
+    with TaskPublisher(stack.outputs, connection=connect(stack.local.emulator_host)) as publisher:
+        (result,) = publisher.publish_many([TaskRequest({"permanent": "kept locally"}, dedupe_key="local-dead-letter")])
+    assert result.name
+    settle(stack, [result.name])
+    assert stack.ledger.fates[key(result.name)].outcome == "dead-lettered"
+    client = raw_client(stack)
+    dead_letter_queue = stack.outputs.dead_letter_queue
+    assert client.get_queue(name=dead_letter_queue).state == tasks_v2.Queue.State.PAUSED
+    letters = [
+        task
+        for task in client.list_tasks(
+            request=tasks_v2.ListTasksRequest(parent=dead_letter_queue, response_view=tasks_v2.Task.View.FULL)
+        )
+        if {n.lower(): v for n, v in task.http_request.headers.items()}.get("x-dead-letter-task") == key(result.name)[1]
+    ]
+    assert len(letters) == 1
+    assert json.loads(letters[0].http_request.body) == {"permanent": "kept locally"}
+    assert letters[0].dispatch_count == 0

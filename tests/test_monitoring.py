@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from components.monitoring import QUEUE_DEPTH, queue_filter
 from components.settings import SettingsError, load_settings
 from harness import run_stack
 from localcloud.program import ProgramRun, Registration
@@ -35,14 +36,22 @@ def run() -> ProgramRun:
             "handlerErrorRatio": 0.02,
             "latencyP99": "30s",
             "failingFor": "120s",
-            "deadLetterQueueIds": ["tasks-dev-dead-letters"],
         },
     )
 
 
+DEAD_LETTERS = "tasks-dead-letters"  # the dead-letter queue's logical name
+
+
 def queue_ids(run: ProgramRun) -> dict[str, str]:
-    """Queue key -> physical queue id (the logical name is `tasks-<key>`)."""
-    return {q.name.removeprefix("tasks-"): q.outputs["name"] for q in run.of_type(QUEUE)}
+    """Configured queue key -> physical queue id (the logical name is `tasks-<key>`)."""
+    return {q.name.removeprefix("tasks-"): q.outputs["name"] for q in run.of_type(QUEUE) if q.name != DEAD_LETTERS}
+
+
+def dead_letter_id(run: ProgramRun) -> str:
+    (queue,) = [q for q in run.of_type(QUEUE) if q.name == DEAD_LETTERS]
+    queue_id: str = queue.outputs["name"]
+    return queue_id
 
 
 def policy(run: ProgramRun, suffix: str) -> Registration:
@@ -104,16 +113,39 @@ def test_latency_defaults_to_most_of_the_service_timeout() -> None:
     assert threshold(policy(run, "handler-latency"))["thresholdValue"] == timeout_s * 0.8 * 1000
 
 
-def test_dead_letter_queues_alert_on_any_task(run: ProgramRun) -> None:
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_stacks_own_dead_letter_queue_alerts_on_its_first_task_with_no_config(stack: str) -> None:
+    run = run_stack(stack)  # no monitoring key in either stack file
     t = threshold(policy(run, "dead-letters"))
-    assert 'resource.labels.queue_id = one_of("tasks-dev-dead-letters")' in t["filter"]
-    assert 'metric.type = "cloudtasks.googleapis.com/queue/depth"' in t["filter"]
-    assert (t["comparison"], t["thresholdValue"]) == ("COMPARISON_GT", 0.0)
+    queue_id = dead_letter_id(run)
+    assert queue_id.startswith({"dev": "tasks-dev-dead-letters-", "prod": "tasks-dead-letters-"}[stack])
+    assert t["filter"] == (
+        f'resource.type = "cloud_tasks_queue" AND resource.labels.queue_id = "{queue_id}"'
+        ' AND metric.type = "cloudtasks.googleapis.com/queue/depth"'
+    )
+    assert (t["comparison"], t["thresholdValue"], t["duration"]) == ("COMPARISON_GT", 0.0, "0s")
+    assert policy(run, "dead-letters").inputs["severity"] == "ERROR"
+    # The dead-letter queue gets this alert, not the backlog and failing-attempts ones of a working queue.
+    assert not [p.name for p in run.of_type(POLICY) if "dead-letters-" in p.name]
 
 
-def test_no_dead_letter_policy_without_dead_letter_queues() -> None:
-    run = run_stack("dev")
-    assert not [p.name for p in run.of_type(POLICY) if p.name.endswith("dead-letters")]
+def test_the_dead_letter_runbook_says_how_to_list_read_replay_and_discard(run: ProgramRun) -> None:
+    content = policy(run, "dead-letters").inputs["documentation"]["content"]
+    queue_id = dead_letter_id(run)
+    for step in (
+        "python -m taskclient dead-letters list --outputs outputs.json",
+        "python -m taskclient dead-letters show NAME",
+        "python -m taskclient dead-letters replay NAME",
+        "python -m taskclient dead-letters replay --all --queue KEY",
+        "python -m taskclient dead-letters discard NAME",
+        "pulumi stack output --json > outputs.json",
+        "Fix the cause first",
+        "X-Dead-Letter-Reason",
+        "the handler's log entry",
+        "at most 31 days",
+        f"gcloud tasks queues pause {queue_id} --project=my-tasks-dev --location=europe-west1",
+    ):
+        assert step in content, step
 
 
 def test_emails_become_channels_and_every_policy_notifies_every_channel(run: ProgramRun) -> None:
@@ -123,7 +155,7 @@ def test_emails_become_channels_and_every_policy_notifies_every_channel(run: Pro
     ]
     expected = {EXISTING, *(c.outputs["name"] for c in channels)}
     policies = run.of_type(POLICY)
-    assert len(policies) == 2 * 2 + 2 + 1
+    assert len(policies) == 2 * 2 + 2 + 1  # per queue, the handler's two, the dead-letter queue's
     for p in policies:
         assert set(p.inputs["notificationChannels"]) == expected, p.name
 
@@ -133,7 +165,9 @@ def test_every_policy_has_a_runbook_naming_what_fired(run: ProgramRun) -> None:
     for p in run.of_type(POLICY):
         doc = p.inputs["documentation"]
         assert doc["mimeType"] == "text/markdown"
-        assert "### Look" in doc["content"] and "```sh\ngcloud " in doc["content"], p.name
+        # Commands to run first: gcloud, or for dead letters the task client.
+        first = "python -m taskclient " if p.name.endswith("-dead-letters") else "gcloud "
+        assert "### Look" in doc["content"] and f"```sh\n{first}" in doc["content"], p.name
     for key, queue_id in ids.items():
         content = policy(run, f"{key}-backlog").inputs["documentation"]["content"]
         assert f"gcloud tasks queues describe {queue_id} --project=my-tasks-dev --location=europe-west1" in content
@@ -150,6 +184,8 @@ def test_the_dashboard_has_a_row_of_charts_per_queue_and_the_handler(run: Progra
             'cloudtasks.googleapis.com/queue/task_attempt_count"',
             'cloudtasks.googleapis.com/queue/task_attempt_delays"',
         ]
+    on_dead_letters = [f for f in filters if f'queue_id = "{dead_letter_id(run)}"' in f]
+    assert on_dead_letters == [queue_filter(QUEUE_DEPTH, dead_letter_id(run))]
     on_service = sorted(f.rsplit('metric.type = "', 1)[1] for f in filters if "cloud_run_revision" in f)
     assert on_service == ['run.googleapis.com/request_count"', 'run.googleapis.com/request_latencies"']
     assert all(t["xPos"] + t["width"] <= 12 for t in tiles)
@@ -209,7 +245,8 @@ REJECTED = [
     pytest.param({"notificationChannels": "projects/p"}, "monitoring.notificationChannels", "a list", id="not-list"),
     pytest.param({"emails": ["oncall"]}, "monitoring.emails[0]", "not an email address", id="email-bad"),
     pytest.param({"emails": [7]}, "monitoring.emails[0]", "expected a string", id="email-number"),
-    pytest.param({"deadLetterQueueIds": ["a b"]}, "monitoring.deadLetterQueueIds[0]", "queue id", id="dlq-bad"),
+    # Gone: the alert is always on the stack's own dead-letter queue.
+    pytest.param({"deadLetterQueueIds": ["dlq"]}, "monitoring.deadLetterQueueIds", "unknown key", id="dlq-ids-gone"),
     pytest.param({"alertAfter": "60s"}, "monitoring.alertAfter", "unknown key", id="unknown-key"),
     pytest.param(["x"], "monitoring", "expected an object", id="not-object"),
 ]
@@ -229,9 +266,8 @@ def test_valid_monitoring_settings_are_read() -> None:
         "latencyP99": "0.5s",
         "notificationChannels": [EXISTING, EXISTING, "projects/123456/notificationChannels/9"],
         "emails": EMAILS,
-        "deadLetterQueueIds": ["dlq-1"],
     }
     m = load_settings({**BASE, "cloudrun-tasks:monitoring": json.dumps(raw)}, "dev").monitoring
     assert (m.enabled, m.backlog_threshold, str(m.backlog_for), str(m.latency_p99)) == (False, 5, "0s", "0.5s")
     assert m.notification_channels == (EXISTING, "projects/123456/notificationChannels/9")
-    assert (m.emails, m.dead_letter_queue_ids) == (tuple(EMAILS), ("dlq-1",))
+    assert m.emails == tuple(EMAILS)

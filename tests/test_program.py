@@ -57,6 +57,11 @@ def queue_named(run: ProgramRun, key: str) -> Registration:
     return next(r for r in run.of_type(QUEUE) if r.name == f"tasks-{key}")
 
 
+def task_queues(run: ProgramRun) -> list[Registration]:
+    """The configured queues, without the stack's dead-letter queue (tests/test_dead_letter_stack.py)."""
+    return [r for r in run.of_type(QUEUE) if r.name != "tasks-dead-letters"]
+
+
 # --- APIs ---------------------------------------------------------------------------------------
 
 
@@ -111,12 +116,29 @@ def test_service_scaling_and_resources_follow_config(prod: ProgramRun) -> None:
     assert container["ports"] == {"containerPort": 8080}
 
 
-def test_service_env_tells_the_handler_each_queue_max_attempts_and_its_invoker(dev: ProgramRun) -> None:
+def test_service_env_tells_the_handler_each_queue_retry_policy_and_its_invoker(dev: ProgramRun) -> None:
     env = {e["name"]: e["value"] for e in one(dev, SERVICE).inputs["template"]["containers"][0]["envs"]}
     queues = dev.outputs[OutputName.QUEUES]
+    # The whole retry policy (Pulumi.dev.yaml, Cloud Tasks' defaults for what it leaves out), in seconds.
     assert json.loads(env[handler_env.QUEUES]) == {
-        queues["default"]["id"]: {"key": "default", "maxAttempts": 15, "dispatchDeadlineSeconds": 600.0},
-        queues["emails"]["id"]: {"key": "emails", "maxAttempts": 10, "dispatchDeadlineSeconds": 120.0},
+        queues["default"]["id"]: {
+            "key": "default",
+            "maxAttempts": 15,
+            "dispatchDeadlineSeconds": 600.0,
+            "maxRetryDurationSeconds": 0.0,
+            "minBackoffSeconds": 1.0,
+            "maxBackoffSeconds": 60.0,
+            "maxDoublings": 3,
+        },
+        queues["emails"]["id"]: {
+            "key": "emails",
+            "maxAttempts": 10,
+            "dispatchDeadlineSeconds": 120.0,
+            "maxRetryDurationSeconds": 3600.0,
+            "minBackoffSeconds": 0.1,
+            "maxBackoffSeconds": 3600.0,
+            "maxDoublings": 16,
+        },
     }
     assert env[handler_env.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
     assert env[handler_env.PROJECT] == "my-tasks-dev"
@@ -132,8 +154,8 @@ def test_user_env_is_passed_beside_the_stack_env(prod: ProgramRun) -> None:
 def test_deletion_protection_is_per_stack(dev: ProgramRun, prod: ProgramRun) -> None:
     assert one(dev, SERVICE).inputs["deletionProtection"] is False
     assert one(prod, SERVICE).inputs["deletionProtection"] is True
-    assert [q.protect for q in dev.of_type(QUEUE)] == [False, False]
-    assert [q.protect for q in prod.of_type(QUEUE)] == [True, True]
+    assert [q.protect for q in dev.of_type(QUEUE)] == [False, False, False]  # the dead-letter queue too
+    assert [q.protect for q in prod.of_type(QUEUE)] == [True, True, True]
 
 
 def test_image_is_left_to_cd_only_when_the_stack_says_so(dev: ProgramRun, prod: ProgramRun) -> None:
@@ -166,9 +188,10 @@ def test_tasks_service_agent_may_act_as_the_invoker(dev: ProgramRun) -> None:
 
 
 def test_enqueuers_get_enqueuer_on_each_queue_and_act_as_on_the_invoker(dev: ProgramRun) -> None:
-    queue_grants = [g.inputs for g in dev.of_type(QUEUE_IAM)]
-    assert sorted(g["name"] for g in queue_grants) == sorted(q.inputs["name"] for q in dev.of_type(QUEUE))
-    assert {(g["role"], g["member"]) for g in queue_grants} == {("roles/cloudtasks.enqueuer", DEV_ENQUEUER)}
+    queue_grants = [g.inputs for g in dev.of_type(QUEUE_IAM) if g.inputs["member"] == DEV_ENQUEUER]
+    # On each configured queue, never on the dead-letter queue.
+    assert sorted(g["name"] for g in queue_grants) == sorted(q.inputs["name"] for q in task_queues(dev))
+    assert {g["role"] for g in queue_grants} == {"roles/cloudtasks.enqueuer"}
     act_as = [g.inputs for g in dev.of_type(ACCOUNT_IAM) if g.inputs["member"] == DEV_ENQUEUER]
     assert act_as == [
         {
@@ -226,7 +249,7 @@ def test_queue_concurrency_defaults_to_what_the_service_can_take(dev: ProgramRun
 
 
 def test_queue_ids_carry_a_random_suffix_so_a_recreated_queue_gets_a_new_id(dev: ProgramRun) -> None:
-    ids = [q.inputs["name"] for q in dev.of_type(QUEUE)]
+    ids = [q.inputs["name"] for q in task_queues(dev)]
     assert len(ids) == 2
     for key, queue_id in zip(("default", "emails"), sorted(ids), strict=True):
         prefix, _, suffix = queue_id.rpartition("-")
@@ -304,11 +327,20 @@ def test_create_task_command_is_ready_to_run(dev: ProgramRun) -> None:
 
 
 @pytest.mark.parametrize(
-    "output", [OutputName.SERVICE_URL, OutputName.OIDC_AUDIENCE, OutputName.INVOKER_EMAIL, OutputName.QUEUES]
+    "output",
+    [
+        OutputName.SERVICE_URL,
+        OutputName.OIDC_AUDIENCE,
+        OutputName.INVOKER_EMAIL,
+        OutputName.QUEUES,
+        OutputName.DEFAULT_QUEUE_PATH,
+        OutputName.DEAD_LETTER_QUEUE,
+    ],
 )
 def test_usable_outputs_wait_for_the_iam_that_makes_them_usable(dev: ProgramRun, output: str) -> None:
     needed = {r.urn for r in dev.resources if r.type in (SERVICE_IAM, ACCOUNT_IAM, QUEUE_IAM)}
-    assert len(needed) == 5
+    # run.invoker, 2 x actAs (agent, enqueuer), 2 x enqueuer, the runtime account's on the dead-letter queue.
+    assert len(needed) == 6
     assert needed <= dev.output_dependencies[output]
 
 

@@ -70,6 +70,7 @@ assert VPC is not None
 # README key -> the value the settings hold when the key is not set.
 DEFAULTS: dict[str, Any] = {
     "deletionProtection": BASELINE.deletion_protection,
+    "operators": list(BASELINE.operators),
     "service.image": BASELINE.service.image,
     "service.manageImage": BASELINE.service.manage_image,
     "service.ingress": BASELINE.service.ingress.value,
@@ -111,7 +112,6 @@ DEFAULTS: dict[str, Any] = {
     "monitoring.failingFor": str(BASELINE.monitoring.failing_for),
     "monitoring.notificationChannels": list(BASELINE.monitoring.notification_channels),
     "monitoring.emails": list(BASELINE.monitoring.emails),
-    "monitoring.deadLetterQueueIds": list(BASELINE.monitoring.dead_letter_queue_ids),
 }
 
 

@@ -111,6 +111,7 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
     ("retry", "maxBackoff"): seconds(10, 3600),
     ("retry", "maxDoublings"): st.integers(0, 20),
     ("enqueuers",): members,
+    ("operators",): members,
     ("name",): st.from_regex(r"[a-z][-a-z0-9]{0,30}[a-z0-9]", fullmatch=True),
     ("image",): st.sampled_from(["gcr.io/p/handler:1", "europe-west1-docker.pkg.dev/p/r/h@sha256:" + "a" * 64]),
     ("manageImage",): st.booleans(),
@@ -164,7 +165,6 @@ PLAUSIBLE: dict[tuple[str, ...], st.SearchStrategy[Any]] = {
             "latencyP99": st.sampled_from(["0.5s", "30s", "0s"]),
             "emails": st.just(["oncall@example.com"]),
             "notificationChannels": st.just(["projects/my-tasks-dev/notificationChannels/1"]),
-            "deadLetterQueueIds": st.just(["tasks-dev-dlq"]),
         },
     ),
 }

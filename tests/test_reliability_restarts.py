@@ -85,7 +85,10 @@ def test_the_handler_killed_mid_run_and_restarted_loses_no_task() -> None:
         lines_at_restart = len(watch.lines)
         # The same command, port and environment as the local stack gives the handler (a new process generation,
         # so the probe no longer holds tasks).
-        env = {**_handler_env(dev.local.plan.service, dev.local.certs_url), "PROBE_GENERATION": "2"}
+        env = {
+            **_handler_env(dev.local.plan.service, dev.local.certs_url, dev.local.emulator_host),
+            "PROBE_GENERATION": "2",
+        }
         port = dev.local.plan.service.port
         second = start_process([*PROBE_COMMAND, "--port", str(port)], env, "handler", watch.on_line)
         dev.local.processes.append(second)  # stopped with the stack

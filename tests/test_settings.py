@@ -329,6 +329,13 @@ REJECTED = [
         queues=Replace({"q" * 84: {}}),
     ),
     case(
+        "key-dead-letters",
+        "queues.dead-letters",
+        "the queue name 'dead-letters' is reserved for the stack's own dead-letter queue"
+        " (<namePrefix>-dead-letters-<6 hex>, which the stack always creates); choose another name",
+        queues={"dead-letters": {}},
+    ),
+    case(
         "key-trailing-newline",
         'queues."default\\n"',  # a control character is shown escaped, so the problem stays on one line
         "letters, digits and hyphens",
@@ -428,6 +435,12 @@ REJECTED = [
         for name, (member, fragment) in BAD_MEMBERS.items()
     ],
     case("enqueuer-index", "enqueuers[1]", "'allUsers' is public", enqueuers=[GOOD_SA, "allUsers"]),
+    # operators: the enqueuers' grammar and rules
+    *[
+        case(f"operator-{name}", "operators[0]", fragment, operators=[member])
+        for name, (member, fragment) in BAD_MEMBERS.items()
+    ],
+    case("operators-string", "operators", "expected a list of IAM members, got string", operators=GOOD_SA),
     # gcp keys
     case(
         "project-missing", "gcp:project", "missing; set it with `pulumi config set gcp:project", gcp={"project": DROP}
@@ -1786,3 +1799,107 @@ def test_the_redis_url_secret_follows_the_secret_reference_forms() -> None:
     assert [(e.name, e.project, e.secret, e.version) for e in settings.service.secret_env] == [
         ("TASKS_IDEMPOTENCY_REDIS_URL", "shared", "redis-url", "latest")
     ]
+
+
+# --- operators: who works the dead-letter queue ------------------------------------------------------
+
+
+def test_operators_are_read_in_order_without_repeats_and_default_to_none() -> None:
+    user, group = "user:oncall@example.com", "group:tasks-ops@example.com"
+    assert load(config()).operators == ()
+    assert load(config(operators=[user, group, user, GOOD_SA])).operators == (user, group, GOOD_SA)
+
+
+def test_a_queue_key_only_like_the_dead_letter_key_is_a_queue_like_any_other() -> None:
+    # Only the exact key would collide (the dead-letter queue's resources are named after it).
+    s = load(config(queues={"dead-letters-2": {}, "Dead-Letters": {}}))
+    assert [q.key for q in s.queues] == ["default", "dead-letters-2", "Dead-Letters"]
+
+
+# --- warnings: retry limits that make the handler guess the final attempt ------------------------------
+
+GUESS = "the handler cannot tell whether a failing attempt is the last one"
+
+
+def final_attempt_warnings(s: Settings) -> list[str]:
+    return [w for w in s.warnings if GUESS in w]
+
+
+@pytest.mark.parametrize(
+    "retry_config",
+    [
+        pytest.param({}, id="cloud-tasks-defaults"),  # 100 attempts, no duration
+        pytest.param({"maxAttempts": 15, "minBackoff": "1s", "maxBackoff": "60s", "maxDoublings": 3}, id="dev-default"),
+        # Attempt 20 comes at least 6553.5s (0.1s doubled 16 times, summed) after the first, past the hour.
+        pytest.param({"maxAttempts": 20, "maxRetryDuration": "3600s"}, id="duration-used-up-by-the-last-attempt"),
+        # Attempt 5 of 100s, 200s, 400s, 800s backoffs comes at exactly 1500s: used up, the count decides.
+        pytest.param(
+            {"maxAttempts": 5, "minBackoff": "100s", "maxBackoff": "3600s", "maxRetryDuration": "1500s"},
+            id="used-up-exactly-at-the-last-attempt",
+        ),
+    ],
+)
+def test_no_warning_where_the_handler_can_always_tell(retry_config: dict[str, Any]) -> None:
+    assert load(config(queues=retry(**retry_config))).warnings == ()
+
+
+def test_a_duration_that_outlasts_the_attempt_limit_warns_with_key_values_and_what_to_do() -> None:
+    s = load(config(queues=retry(maxAttempts=10, maxRetryDuration="3600s")))
+    assert s.warnings == (
+        "queues.default.retry.maxRetryDuration: 3600s outlasts maxAttempts 10 (attempt 10 may come 51.1s after"
+        " the first): from attempt 10 on, until the backoff schedule alone passes it, the handler cannot tell"
+        " whether a failing attempt is the last one (Cloud Tasks sends no header with the first attempt's time)"
+        " except for tasks whose producer set X-Tasks-Not-Before (taskclient does; gcloud does not); it then"
+        " records a provisional dead letter and asks for a retry, losing nothing but leaving a record to sort"
+        " out; set maxRetryDuration to 0s to decide by attempts alone, or create this queue's tasks with"
+        " taskclient",
+    )
+
+
+def test_a_duration_one_backoff_past_the_last_attempt_warns() -> None:
+    # Attempt 5 at 1500s (as above), the duration a moment later: attempts 5 and on may come before it is up.
+    s = load(config(queues=retry(maxAttempts=5, minBackoff="100s", maxBackoff="3600s", maxRetryDuration="1501s")))
+    (warning,) = s.warnings
+    assert warning.startswith("queues.default.retry.maxRetryDuration: 1501s outlasts maxAttempts 5 (attempt 5")
+    assert "from attempt 5 on" in warning
+
+
+def test_unlimited_attempts_with_a_duration_warn_and_say_to_bound_the_attempts() -> None:
+    s = load(config(queues=retry(maxAttempts=-1, maxRetryDuration="86400s")))
+    (warning,) = s.warnings
+    assert warning.startswith(
+        "queues.default.retry.maxRetryDuration: 86400s with maxAttempts -1 (unlimited) ends retries by time alone:"
+    )
+    assert GUESS in warning and "X-Tasks-Not-Before (taskclient does; gcloud does not)" in warning
+    assert "set maxAttempts to a number and maxRetryDuration to 0s to decide by attempts alone" in warning
+    assert "or create this queue's tasks with taskclient" in warning
+
+
+def test_one_warning_per_queue_that_makes_the_handler_guess() -> None:
+    s = load(
+        config(
+            queues={
+                "default": {},
+                "timed": {"retry": {"maxAttempts": -1, "maxRetryDuration": "86400s"}},
+                "counted": {"retry": {"maxAttempts": 30, "maxRetryDuration": "3600s"}},
+                "both": {"retry": {"maxAttempts": 3, "maxRetryDuration": "3600s"}},
+            }
+        )
+    )
+    assert [w.partition(":")[0] for w in s.warnings] == [
+        "queues.timed.retry.maxRetryDuration",
+        "queues.both.retry.maxRetryDuration",
+    ]
+
+
+def test_the_shipped_stacks_warn_exactly_where_the_handler_must_guess() -> None:
+    """dev's emails queue retries for an hour past its 10 attempts (at 51.1s), prod's reports queue for a day with
+    unlimited attempts: both leave gcloud-created tasks to a guess, so both warn. The other queues decide by
+    attempts alone."""
+    from harness import stack_file_config
+
+    shown = {
+        stack: [w.partition(":")[0] for w in final_attempt_warnings(load_settings(stack_file_config(stack), stack))]
+        for stack in ("dev", "prod")
+    }
+    assert shown == {"dev": ["queues.emails.retry.maxRetryDuration"], "prod": ["queues.reports.retry.maxRetryDuration"]}

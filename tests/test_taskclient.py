@@ -8,10 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from emulator_support import LoopbackEmulator, stack_queues
+from emulator_support import LoopbackEmulator
 from google.cloud import tasks_v2
+from taskclient_support import outputs_document, stack, stack_emulator
 
-from harness import dev_outputs, dev_run, dev_stack
+from contract.dead_letters import HEADER_NOT_BEFORE
 from localcloud.emulator.faults import Fault
 from taskclient.connection import connect
 from taskclient.errors import PublishError, TaskValidationError
@@ -23,7 +24,7 @@ NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
 
 @pytest.fixture
 def server() -> Iterator[LoopbackEmulator]:
-    with LoopbackEmulator(stack_queues(dev_run())) as running:
+    with stack_emulator() as running:
         yield running
 
 
@@ -35,7 +36,7 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def publisher(server: LoopbackEmulator, sleeps: list[float]) -> Iterator[TaskPublisher]:
     with TaskPublisher.from_mapping(
-        dev_outputs(), connection=connect(server.address), now=lambda: NOW, sleep=sleeps.append
+        outputs_document(), connection=connect(server.address), now=lambda: NOW, sleep=sleeps.append
     ) as created:
         yield created
 
@@ -54,18 +55,18 @@ def test_json_task_carries_the_invoker_token_and_explicit_audience(
 ) -> None:
     name = publisher.publish({"order": 42})
     task = only_task(server)
-    assert name == task.name and name.startswith(dev_stack().queues["default"].path + "/tasks/")
+    assert name == task.name and name.startswith(stack().queues["default"].path + "/tasks/")
     request = task.http_request
-    assert request.url == dev_stack().queues["default"].task_url
+    assert request.url == stack().queues["default"].task_url
     assert request.http_method == tasks_v2.HttpMethod.POST
     assert request.headers["Content-Type"] == "application/json"
     assert request.body == b'{"order":42}'
-    assert request.oidc_token.service_account_email == dev_stack().invoker_email
-    assert request.oidc_token.audience == dev_stack().oidc_audience != dev_stack().service_url
+    assert request.oidc_token.service_account_email == stack().invoker_email
+    assert request.oidc_token.audience == stack().oidc_audience != stack().service_url
     assert task.dispatch_deadline == timedelta(seconds=600)
-    assert ("x-goog-request-params", f"parent={dev_stack().queues['default'].path}") in server.faults.calls(
-        "CreateTask"
-    )[0].metadata
+    assert ("x-goog-request-params", f"parent={stack().queues['default'].path}") in server.faults.calls("CreateTask")[
+        0
+    ].metadata
 
 
 def test_bytes_are_sent_as_given_without_a_content_type(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
@@ -80,8 +81,8 @@ def test_queue_level_routing_leaves_url_and_token_to_the_queue(
 ) -> None:
     publisher.publish({"to": "a@example.com"}, queue="emails")
     task = only_task(server)
-    assert task.name.startswith(dev_stack().queues["emails"].path + "/tasks/")
-    assert task.http_request.url == dev_stack().queues["emails"].task_url
+    assert task.name.startswith(stack().queues["emails"].path + "/tasks/")
+    assert task.http_request.url == stack().queues["emails"].task_url
     assert "oidc_token" not in task.http_request
     assert task.dispatch_deadline == timedelta(seconds=120)
 
@@ -89,7 +90,7 @@ def test_queue_level_routing_leaves_url_and_token_to_the_queue(
 def test_path_delay_deadline_and_headers(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({}, path="/tasks/resize", delay=90, deadline=timedelta(minutes=20), headers={"X-Tenant": "t1"})
     task = only_task(server)
-    assert task.http_request.url == dev_stack().service_url + "/tasks/resize"
+    assert task.http_request.url == stack().service_url + "/tasks/resize"
     assert task.schedule_time == NOW + timedelta(seconds=90)
     assert task.dispatch_deadline == timedelta(minutes=20)
     assert task.http_request.headers["X-Tenant"] == "t1"
@@ -100,13 +101,13 @@ def test_a_name_is_created_once_and_a_repeat_returns_the_same_name(
 ) -> None:
     first = publisher.publish({"n": 1}, name="order-42")
     again = publisher.publish({"n": 1}, name="order-42")
-    assert first == again == f"{dev_stack().queues['default'].path}/tasks/order-42"
+    assert first == again == f"{stack().queues['default'].path}/tasks/order-42"
     assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
 def test_dedupe_key_derives_a_hashed_name(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     name = publisher.publish({"n": 1}, dedupe_key="invoice:2026-11:42")
-    assert name == f"{dev_stack().queues['default'].path}/tasks/{task_id_for('invoice:2026-11:42')}"
+    assert name == f"{stack().queues['default'].path}/tasks/{task_id_for('invoice:2026-11:42')}"
     assert len(task_id_for("invoice:2026-11:42")) == 64
 
 
@@ -136,7 +137,10 @@ FAR = NOW + timedelta(days=31)
         ({}, {"queue": "nope"}, "queue: 'nope' is not one of the stack's queues (default, emails)"),
         ({}, {"headers": {"Authorization": "Bearer x"}}, "headers: 'Authorization' is set by Cloud Tasks"),
         ({}, {"headers": {"X-CloudTasks-TaskName": "x"}}, "headers: 'X-CloudTasks-TaskName' is set by Cloud Tasks"),
-        ({}, {"headers": {"X-Big": "v" * 82_000}}, "headers: 82,033 bytes is at or above the Cloud Tasks limit"),
+        # 82,065 = Content-Type (28) + X-Big (82,005) + X-Tasks-Not-Before (18 + 14: the header taskclient adds)
+        ({}, {"headers": {"X-Big": "v" * 82_000}}, "headers: 82,065 bytes is at or above the Cloud Tasks limit"),
+        ({}, {"headers": {"x-tasks-not-before": "1"}}, "headers: 'x-tasks-not-before' is set by taskclient"),
+        ({}, {"headers": {"X-Dead-Letter-Queue": "q"}}, "headers: 'X-Dead-Letter-Queue': the X-Dead-Letter- prefix"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_rpc(
@@ -189,7 +193,7 @@ def test_server_errors_become_actionable_messages(
     with pytest.raises(PublishError) as raised:
         publisher.publish({}, name="t1")
     message = str(raised.value)
-    assert expected.format(queue=dev_stack().queues["default"].path, invoker=dev_stack().invoker_email) in message
+    assert expected.format(queue=stack().queues["default"].path, invoker=stack().invoker_email) in message
     assert f"[{code.name}: {detail}]" in message
     assert raised.value.code == code.name
     if code is grpc.StatusCode.PERMISSION_DENIED:
@@ -200,19 +204,19 @@ def test_server_errors_become_actionable_messages(
 def test_a_queue_the_server_does_not_have_is_reported_as_not_deployed() -> None:
     with (
         LoopbackEmulator() as empty,
-        TaskPublisher.from_mapping(dev_outputs(), connection=connect(empty.address)) as publisher,
+        TaskPublisher.from_mapping(outputs_document(), connection=connect(empty.address)) as publisher,
         pytest.raises(PublishError) as raised,
     ):
         publisher.publish({})
-    assert f"queue {dev_stack().queues['default'].path} not found: it is not deployed" in str(raised.value)
+    assert f"queue {stack().queues['default'].path} not found: it is not deployed" in str(raised.value)
     assert "(they say europe-west1)" in str(raised.value)
 
 
 def test_a_paused_queue_accepts_tasks(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     # As in Cloud Tasks: pausing stops dispatch, not creation, so the client must not refuse it either.
-    server.pause(dev_stack().queues["default"].path)
-    assert publisher.publish({}, name="while-paused") == f"{dev_stack().queues['default'].path}/tasks/while-paused"
-    assert [task.name for task in server.tasks()] == [f"{dev_stack().queues['default'].path}/tasks/while-paused"]
+    server.pause(stack().queues["default"].path)
+    assert publisher.publish({}, name="while-paused") == f"{stack().queues['default'].path}/tasks/while-paused"
+    assert [task.name for task in server.tasks()] == [f"{stack().queues['default'].path}/tasks/while-paused"]
 
 
 def test_a_queue_refusing_tasks_is_reported_with_how_to_resume(
@@ -239,9 +243,7 @@ def test_named_task_is_retried_with_backoff_on_transient_errors(
 def test_already_exists_after_a_lost_response_means_created(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     server.faults.fail_next("CreateTask", grpc.StatusCode.DEADLINE_EXCEEDED, "response lost", after_effect=True)
     results = publisher.publish_many([TaskRequest({}, name="t1")])
-    assert [(r.outcome, r.name) for r in results] == [
-        (Outcome.CREATED, f"{dev_stack().queues['default'].path}/tasks/t1")
-    ]
+    assert [(r.outcome, r.name) for r in results] == [(Outcome.CREATED, f"{stack().queues['default'].path}/tasks/t1")]
     assert len(server.tasks()) == 1 and server.create_calls() == 2
 
 
@@ -323,4 +325,32 @@ def test_concurrency_must_be_sensible(publisher: TaskPublisher) -> None:
 def test_a_given_content_type_wins_over_the_derived_one(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({"a": 1}, headers={"content-type": "application/cloudevents+json"})
     headers = only_task(server).http_request.headers
-    assert headers == {"content-type": "application/cloudevents+json"}
+    assert headers == {"content-type": "application/cloudevents+json", HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}"}
+
+
+# --- X-Tasks-Not-Before: the earliest time the first attempt can run --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "earliest"),
+    [
+        ({}, NOW),
+        ({"delay": 90}, NOW + timedelta(seconds=90)),
+        ({"schedule_at": NOW + timedelta(hours=2)}, NOW + timedelta(hours=2)),
+        ({"schedule_at": NOW - timedelta(hours=2)}, NOW),  # a time past: the task runs now, not then
+    ],
+)
+def test_every_task_says_when_its_first_attempt_can_run_at_the_earliest(
+    publisher: TaskPublisher, server: LoopbackEmulator, options: dict[str, Any], earliest: datetime
+) -> None:
+    publisher.publish({"n": 1}, **options)
+    headers = only_task(server).http_request.headers
+    assert headers[HEADER_NOT_BEFORE] == f"{earliest.timestamp():.3f}"
+    assert float(headers[HEADER_NOT_BEFORE]) == earliest.timestamp()
+
+
+def test_bytes_and_queue_level_routed_tasks_say_it_too(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
+    publisher.publish_many([TaskRequest(b"raw", name="a"), TaskRequest({}, queue="emails", name="b", delay=5)])
+    by_name = {task.name.rsplit("/", 1)[1]: task.http_request.headers for task in server.tasks()}
+    assert by_name["a"] == {HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}"}
+    assert by_name["b"][HEADER_NOT_BEFORE] == f"{(NOW + timedelta(seconds=5)).timestamp():.3f}"

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from emulator_support import LoopbackEmulator, stack_queues
+from emulator_support import LoopbackEmulator
+from taskclient_support import outputs_document, stack, stack_emulator
 
 from contract.outputs import OUTPUTS_ENV
-from harness import dev_outputs, dev_run, dev_stack
 from localcloud.program import PROJECT_DIR
 from taskclient.cli import main
 from taskclient.connection import EMULATOR_ENV
@@ -25,7 +25,7 @@ from taskclient.publisher import task_id_for
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackEmulator]:
-    with LoopbackEmulator(stack_queues(dev_run())) as running:
+    with stack_emulator() as running:
         monkeypatch.setenv(EMULATOR_ENV, running.address)
         monkeypatch.delenv(OUTPUTS_ENV, raising=False)
         yield running
@@ -34,7 +34,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackEmulator]:
 @pytest.fixture
 def outputs_file(tmp_path: Path) -> Path:
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps(dev_outputs()))
+    path.write_text(json.dumps(outputs_document()))
     return path
 
 
@@ -43,7 +43,7 @@ def test_send_prints_the_created_tasks_name(
 ) -> None:
     status = main(["send", "--outputs", str(outputs_file), "--json", '{"a": 1}', "--name", "t1", "--delay", "30s"])
     assert status == 0
-    assert capsys.readouterr().out == f"{dev_stack().queues['default'].path}/tasks/t1\n"
+    assert capsys.readouterr().out == f"{stack().queues['default'].path}/tasks/t1\n"
     (task,) = server.tasks()
     assert task.http_request.body == b'{"a":1}'
 
@@ -56,7 +56,7 @@ def test_send_options_reach_the_task(server: LoopbackEmulator, outputs_file: Pat
     assert status == 0
     (task,) = server.tasks()
     assert task.http_request.body == b"\x01\x02"
-    assert task.http_request.url == dev_stack().service_url + "/tasks/x"
+    assert task.http_request.url == stack().service_url + "/tasks/x"
     assert task.http_request.headers["X-Tenant"] == "t1"
     assert task.dispatch_deadline.total_seconds() == 120
     assert task.name.endswith("/tasks/" + task_id_for("k"))
@@ -73,15 +73,15 @@ def test_a_payload_from_standard_input_is_read_from_the_stdin_given(
 
 
 def test_outputs_are_read_from_stdin(server: LoopbackEmulator, capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["send", "--outputs", "-", "--json", "{}"], stdin=io.StringIO(json.dumps(dev_outputs())))
+    status = main(["send", "--outputs", "-", "--json", "{}"], stdin=io.StringIO(json.dumps(outputs_document())))
     assert status == 0
-    assert capsys.readouterr().out.startswith(dev_stack().queues["default"].path + "/tasks/")
+    assert capsys.readouterr().out.startswith(stack().queues["default"].path + "/tasks/")
 
 
 def test_outputs_are_read_from_the_environment(
     server: LoopbackEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(OUTPUTS_ENV, json.dumps(dev_outputs()))
+    monkeypatch.setenv(OUTPUTS_ENV, json.dumps(outputs_document()))
     assert main(["send", "--json", "{}"]) == 0
     assert len(server.tasks()) == 1
 
@@ -118,7 +118,7 @@ def test_a_broken_outputs_file_is_reported(
     server: LoopbackEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     broken = tmp_path / "outputs.json"
-    broken.write_text(json.dumps({**dev_outputs(), "invoker_email": None}))
+    broken.write_text(json.dumps({**outputs_document(), "invoker_email": None}))
     assert main(["send", "--outputs", str(broken), "--json", "{}"]) == 2
     assert "invoker_email: expected a non-empty string, got None" in capsys.readouterr().err
 
@@ -182,7 +182,7 @@ def run_module(args: list[str], server: LoopbackEmulator, stdin: str = "") -> su
 
 def test_pulumi_outputs_piped_into_the_module(server: LoopbackEmulator) -> None:
     done = run_module(
-        ["send", "--outputs", "-", "--json", '{"hello": "world"}'], server, stdin=json.dumps(dev_outputs())
+        ["send", "--outputs", "-", "--json", '{"hello": "world"}'], server, stdin=json.dumps(outputs_document())
     )
     assert done.returncode == 0, done.stderr
     assert [done.stdout.strip()] == [task.name for task in server.tasks()]
@@ -190,7 +190,7 @@ def test_pulumi_outputs_piped_into_the_module(server: LoopbackEmulator) -> None:
 
 def test_bulk_shows_a_progress_bar_on_a_terminal_only(server: LoopbackEmulator, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(dev_outputs()))
+    outputs.write_text(json.dumps(outputs_document()))
     tasks = write_lines(tmp_path / "tasks.jsonl", [json.dumps({"n": n}) for n in range(20)])
     args = ["bulk", "--outputs", str(outputs), "--file", str(tasks)]
 

@@ -16,7 +16,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from guardrails import apis, cloud_run, delivery, iam, queues
+from guardrails import apis, cloud_run, dead_letters, delivery, iam, queues
 
 PACK_NAME = "cloudrun-tasks-guardrails"
 
@@ -92,7 +92,8 @@ POLICIES: list[Policy] = [
     ),
     ResourceValidationPolicy(
         name="cloud-tasks-queue-bounded-retry",
-        description="Queues stop retrying a failing task (maxAttempts is not -1, or maxRetryDuration is above 0s).",
+        description="Queues stop retrying a failing task (maxAttempts is not -1, or maxRetryDuration is above 0s), "
+        "unless they are held PAUSED.",
         validate=queues.validate_bounded_retry,
         enforcement_level=EnforcementLevel.MANDATORY,
         config_schema=PolicyConfigSchema(
@@ -122,6 +123,13 @@ POLICIES: list[Policy] = [
         description="Every queue's target Cloud Run service grants run.invoker to the queue's invoker account, "
         "and its request timeout covers the queue's dispatch deadline.",
         validate=delivery.validate_stack,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="cloud-tasks-dead-letter-queue-paused",
+        description="A task handler's dead-letter queue (TASKS_DEAD_LETTER_QUEUE) is a full queue path and, when "
+        "the stack declares it, is held PAUSED and is not one of the queues the handler serves.",
+        validate=dead_letters.validate_stack,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
 ]

@@ -24,6 +24,7 @@ from guardrails.properties import (
 MAX_DISPATCHES_PER_SECOND = cloud_tasks.MAX_DISPATCHES_PER_SECOND
 MAX_CONCURRENT_DISPATCHES = cloud_tasks.MAX_CONCURRENT_DISPATCHES
 RETRY_DURATIONS = ("maxRetryDuration", "minBackoff", "maxBackoff")
+PAUSED = "PAUSED"  # desiredState of a queue that holds its tasks (pulumi-gcp's Queue: RUNNING or PAUSED)
 
 Problem = tuple[str, str]  # (what is wrong, with the path and the value; how to fix it)
 
@@ -104,14 +105,23 @@ def validate_queue_limits(args: ResourceValidationArgs, report_violation: Report
         report_violation(f"{what}: {problem}. Fix: {fix}.", None)
 
 
+def is_paused(props: Mapping[str, Any]) -> bool:
+    """Declared PAUSED (desiredState): Cloud Tasks keeps its tasks and dispatches none of them."""
+    return read(props, "desiredState") == PAUSED
+
+
 def validate_bounded_retry(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     """A failing task stops being retried: maxAttempts is not -1, or maxRetryDuration is above 0s.
 
     Why: retrying stops only when both limits are used up, so -1 with no duration retries for the whole 31-day
     task retention, and Cloud Tasks retries 4xx answers too (pitfalls F2, cloud-tasks.md 1.2). Config
-    `allowUnboundedRetries: true` permits it for queues that really must never drop a task.
+    `allowUnboundedRetries: true` permits it for queues that really must never drop a task. A queue declared
+    PAUSED is exempt: it dispatches nothing, so nothing is retried, and unlimited retries are what keep its
+    tasks (a dead-letter queue's records) should someone resume it by mistake.
     """
     if not tokens.is_one_of(args.resource_type, tokens.QUEUES) or args.get_config().get("allowUnboundedRetries"):
+        return
+    if is_paused(args.props):
         return
     if read(args.props, "retryConfig.maxAttempts") != -1:
         return  # bounded, unknown, or unset (the default is 100 attempts)

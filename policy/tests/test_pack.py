@@ -44,6 +44,7 @@ DEFAULT_LEVELS = {
     "cloud-tasks-queue-logging": EnforcementLevel.MANDATORY,
     "apis-kept-on-destroy": EnforcementLevel.MANDATORY,
     "cloud-tasks-delivery-wiring": EnforcementLevel.MANDATORY,
+    "cloud-tasks-dead-letter-queue-paused": EnforcementLevel.MANDATORY,
 }
 WIRE_LEVELS = {
     EnforcementLevel.ADVISORY: proto.ADVISORY,
@@ -116,7 +117,10 @@ def analyze(stub: Any, resource_type: str, props: dict[str, Any], name: str = "h
 def test_policy_names_are_unique_and_levels_are_the_documented_defaults() -> None:
     assert {p.name: p.enforcement_level for p in POLICIES} == DEFAULT_LEVELS
     assert len({p.name for p in POLICIES}) == len(POLICIES)
-    assert [p.name for p in POLICIES if isinstance(p, StackValidationPolicy)] == ["cloud-tasks-delivery-wiring"]
+    assert [p.name for p in POLICIES if isinstance(p, StackValidationPolicy)] == [
+        "cloud-tasks-delivery-wiring",
+        "cloud-tasks-dead-letter-queue-paused",
+    ]
     assert all(isinstance(p, ResourceValidationPolicy | StackValidationPolicy) for p in POLICIES)
 
 

@@ -51,13 +51,23 @@ def test_the_dump_holds_what_the_pack_checks(stack: str) -> None:
     kinds = Counter(r["type"] for r in records)
     assert kinds[tokens.RUN_SERVICE] == 1
     assert kinds[tokens.RUN_SERVICE_IAM_MEMBER] >= 1
-    assert kinds[tokens.QUEUE] >= 2
+    assert kinds[tokens.QUEUE] >= 3  # two configured, and the dead-letter queue
     assert kinds[tokens.QUEUE_IAM_MEMBER] >= 2
     assert kinds[tokens.PROJECT_API] >= 3  # 4 with Secret Manager (prod)
     assert kinds["gcp:serviceaccount/iAMMember:IAMMember"] >= 2
     assert sum(kinds.values()) >= 20
     routed = [r for r in records if r["type"] == tokens.QUEUE and "httpTarget" in r["inputs"]]
     assert 1 <= len(routed) < kinds[tokens.QUEUE], "each stack has a routed and a task-level queue"
+    # Exactly one paused queue, the one the handler records its dead letters on.
+    paused = [r for r in records if r["type"] == tokens.QUEUE and r["inputs"].get("desiredState") == "PAUSED"]
+    assert [r["name"] for r in paused] == ["tasks-dead-letters"]
+    (service,) = [r for r in records if r["type"] == tokens.RUN_SERVICE]
+    env = {e["name"]: e.get("value") for e in service["inputs"]["template"]["containers"][0]["envs"]}
+    assert env["TASKS_DEAD_LETTER_QUEUE"].endswith("/queues/" + paused[0]["inputs"]["name"])
+
+
+def is_paused(record: dict[str, Any]) -> bool:
+    return bool(record["inputs"].get("desiredState") == "PAUSED")
 
 
 def by_type(resource_type: str) -> Callable[[dict[str, Any]], bool]:
@@ -82,7 +92,7 @@ def test_a_public_service_on_the_programs_resources_is_refused(stack: str) -> No
 
 def test_an_unbounded_queue_on_the_programs_resources_is_refused(stack: str) -> None:
     records = program_dumps.load(stack)
-    first_queue = next(r["name"] for r in records if r["type"] == tokens.QUEUE)
+    first_queue = next(r["name"] for r in records if r["type"] == tokens.QUEUE and not is_paused(r))
     broken = edit(
         records,
         lambda r: r["name"] == first_queue and r["type"] == tokens.QUEUE,
@@ -109,7 +119,19 @@ def test_a_short_service_timeout_is_caught_for_every_queue_in_tasks_queues(stack
     records = program_dumps.load(stack)
     broken = edit(records, by_type(tokens.RUN_SERVICE), lambda i: i["template"].update(timeout="10s"))
     violations = run_pack(broken)
-    queues = {r["urn"] for r in records if r["type"] == tokens.QUEUE}
+    # Every queue the handler serves; the dead-letter queue is not one (no deadline: it dispatches nothing).
+    queues = {r["urn"] for r in records if r["type"] == tokens.QUEUE and not is_paused(r)}
     assert {p for p, _, _ in violations} == {"cloud-tasks-delivery-wiring"}
     assert {urn for _, _, urn in violations} == queues
     assert all("exceeds the service's request timeout 10s" in m for _, m, _ in violations)
+
+
+def test_a_resumed_dead_letter_queue_of_the_program_is_refused(stack: str) -> None:
+    records = program_dumps.load(stack)
+    dead_letters = next(r for r in records if r["type"] == tokens.QUEUE and is_paused(r))
+    broken = edit(records, lambda r: r["urn"] == dead_letters["urn"], lambda i: i.pop("desiredState"))
+    # Running, with the unlimited retries that keep its records: both rules speak, each for its reason.
+    assert sorted((p, urn) for p, _, urn in run_pack(broken)) == [
+        ("cloud-tasks-dead-letter-queue-paused", dead_letters["urn"]),
+        ("cloud-tasks-queue-bounded-retry", None),
+    ]

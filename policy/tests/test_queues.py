@@ -141,6 +141,12 @@ RETRY_CASES = [
     ("unknown attempts", queue(retryConfig={"maxAttempts": UNKNOWN_NUMBER, "maxRetryDuration": "0s"}), {}, None),
     ("-1 with an unknown duration", queue(retryConfig={"maxAttempts": -1, "maxRetryDuration": UNKNOWN_STRING}), {},
      None),
+    ("-1 with 0s, held paused (a dead-letter queue)",
+     queue(retryConfig={"maxAttempts": -1, "maxRetryDuration": "0s"}) | {"desiredState": "PAUSED"}, {}, None),
+    ("-1 with 0s, running",
+     queue(retryConfig={"maxAttempts": -1, "maxRetryDuration": "0s"}) | {"desiredState": "RUNNING"}, {}, '"0s"'),
+    ("-1 with 0s, state unknown",
+     queue(retryConfig={"maxAttempts": -1, "maxRetryDuration": "0s"}) | {"desiredState": UNKNOWN_STRING}, {}, '"0s"'),
     ("-1 with a malformed duration (the limits policy's)", queue(retryConfig={"maxAttempts": -1,
                                                                               "maxRetryDuration": "1d"}), {}, None),
 ]  # fmt: skip
