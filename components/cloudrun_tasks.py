@@ -78,8 +78,9 @@ class CloudRunTasks(pulumi.ComponentResource):
                     retry=q.retry,
                     log_sampling_ratio=q.log_sampling_ratio,
                     enqueuers=q.enqueuers,
-                    # A replay creates the task again on its own queue.
-                    grants=[QueueGrant(ENQUEUER, member, member) for member in s.operators],
+                    # A replay creates the task again on its own queue; replaying a provisional dead letter
+                    # first reads (BASIC view: no body) whether its task is still there.
+                    grants=[QueueGrant(role, member, member) for member in s.operators for role in (ENQUEUER, VIEWER)],
                     routing=QueueRouting(handler.uri, q.path, invoker.email, audience)
                     if q.queue_level_routing
                     else None,
