@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypedDict, TypeVar, Unpack
+from urllib.parse import urlsplit
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
@@ -337,9 +338,7 @@ class DeadLetters:
             raise DeadLetterError(
                 f"its body's sha256 {letter.sha256} is not the {meta.sha256} recorded with it; not replayed"
             )
-        url = letter.url or (queue.task_url if queue.queue_level_routing else "")
-        if not url:
-            raise DeadLetterError(f"has no URL, and queue {queue.key!r} sets none; not replayed")
+        url = queue.task_url if queue.queue_level_routing else self._service_url(letter)
         headers = {name: value for name, value in letter.headers.items() if name.lower() != HEADER_NOT_BEFORE.lower()}
         # A replay is a new task: its first attempt runs no earlier than now.
         headers[HEADER_NOT_BEFORE] = not_before(self._now())
@@ -355,6 +354,16 @@ class DeadLetters:
             dispatch_deadline=timedelta(seconds=queue.dispatch_deadline_seconds),
         )
         return queue, task
+
+    def _service_url(self, letter: DeadLetter) -> str:
+        """The letter's path and query on the stack's service URL, as the outputs name it. The handler that
+        recorded the letter is this stack's, so its task was for this service; the outputs say where the service
+        is reached now (the recorded URL names it by its audience, which local mode does not serve)."""
+        recorded = urlsplit(letter.url)
+        if not recorded.path.startswith("/"):
+            raise DeadLetterError(f"has no URL path ({letter.url!r}); not replayed")
+        query = f"?{recorded.query}" if recorded.query else ""
+        return f"{self.outputs.service_url.rstrip('/')}{recorded.path}{query}"
 
     def _replay_one(self, _: int, name: str) -> LetterResult:
         try:

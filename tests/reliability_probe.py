@@ -13,6 +13,9 @@ reads them (so token checks are on when the local stack turns them on). Routes:
                    hang that only ends when the caller (Cloud Tasks) gives up and closes the connection.
 /tasks/flaky       prints "arrived <task> attempt=<n> at=<epoch seconds>" on arrival, then fails (500) the first
                    payload["fail_attempts"] attempts.
+/tasks/ledger      takes bytes: a body whose first byte is 0 is the "broken" kind, refused for good (dead-lettered)
+                   in the first process generation and done from generation 2 on (the fix deployed). Each done
+                   task prints "ledger <task> sha256=<hex of its body>".
 
 Importable without side effects: the tests use `decide` and `Fault` to know what each attempt must get.
 """
@@ -35,12 +38,13 @@ from handler.__main__ import serve
 from handler.app import create_app
 from handler.environment import HandlerSettings
 from handler.task_types import send_email
-from handler.tasks import RetryLater, TaskContext, TaskRouter
+from handler.tasks import BodyKind, PermanentError, RetryLater, TaskContext, TaskRouter
 
 GENERATION = int(os.environ.get("PROBE_GENERATION", "1"))
 HOLD_S = 120  # longer than any test: a held task only ends when the process is killed
 HANG_CAP_S = 30  # a hang that outlives this means the caller never gave up: fail loudly, don't hang the test
 THROTTLE_RETRY_AFTER_S = 1
+BROKEN = b"\x00"  # the first byte of a /tasks/ledger body that generation 1 refuses
 
 
 class Fault(StrEnum):
@@ -111,6 +115,13 @@ async def flaky(payload: Any, context: TaskContext) -> None:
     say(f"arrived {context.task} attempt={context.attempt} at={time.time():.6f}")
     if context.attempt <= int(payload.get("fail_attempts", 0)):
         raise RuntimeError(f"failing attempt {context.attempt} on purpose")
+
+
+@router.task("/tasks/ledger", body=BodyKind.BYTES)
+async def ledger(body: bytes, context: TaskContext) -> None:
+    if body[:1] == BROKEN and GENERATION < 2:
+        raise PermanentError("this kind of body is not handled yet (fixed in generation 2)")
+    say(f"ledger {context.task} sha256={hashlib.sha256(body).hexdigest()}")
 
 
 def with_receive(app: ASGIApp) -> ASGIApp:

@@ -27,7 +27,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR
-from localcloud.stack import RunningStack, running
+from localcloud.stack import RunningStack, _handler_env, running
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROBE = TESTS_DIR / "reliability_probe.py"
@@ -39,6 +39,7 @@ Key = tuple[str, str]  # (queue id, task id)
 DISPATCH = re.compile(r"dispatch queue=(\S+) task=(\S+) attempt=(\d+) status=(\d+|none)")
 PROBE_EVENT = re.compile(r"(started|worked) (\S+) pid=(\d+)")
 ARRIVED = re.compile(r"arrived (\S+) attempt=(\d+) at=([0-9.]+)")
+LEDGER = re.compile(r"ledger (\S+) sha256=([0-9a-f]{64})")
 
 
 def key_of(task_name: str) -> Key:
@@ -52,7 +53,8 @@ class Watch:
     """Everything the local processes print, parsed as it arrives, with one condition to wait on.
 
     Handler JSON entries with an outcome are kept per task; emulator dispatch lines per task as (attempt, status);
-    probe lines ("started"/"worked" with the process id, "arrived" with a timestamp) as events.
+    probe lines ("started"/"worked" with the process id, "arrived" with a timestamp, "ledger" with a body's
+    sha256) as events.
     """
 
     entries: dict[Key, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
@@ -60,6 +62,7 @@ class Watch:
     attempts: dict[Key, list[tuple[int, int | None]]] = field(default_factory=lambda: defaultdict(list))
     work: list[tuple[str, str, int]] = field(default_factory=list)  # (event, task id, pid)
     arrivals: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
+    ledger: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # task id -> body sha256s
     lines: list[tuple[str, str]] = field(default_factory=list)
     terminal: set[Key] = field(default_factory=set)  # tasks with a "done" or "dead-lettered" entry
     acknowledged: set[Key] = field(default_factory=set)  # tasks the emulator got a 2xx for
@@ -96,6 +99,8 @@ class Watch:
             self.work.append((match[1], match[2], int(match[3])))
         elif match := ARRIVED.fullmatch(line):
             self.arrivals[match[1]].append((int(match[2]), float(match[3])))
+        elif match := LEDGER.fullmatch(line):
+            self.ledger[match[1]].append(match[2])
 
     def wait(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
         """Block until `predicate()` is truthy (evaluated under the lock at each new line); its value."""
@@ -193,3 +198,20 @@ def uvicorn_ready(watch: Watch, port: int, after: int) -> None:
         lambda: any(fragment in line for _, line in watch.lines[after:]),
         f"a handler to listen on port {port}",
     )
+
+
+def start_probe_generation(stack: LocalStack, generation: int) -> subprocess.Popen[str]:
+    """A new probe process (PROBE_GENERATION=`generation`) on the stack's handler port, with the environment the
+    local stack gives its handler; ready when this returns, and stopped with the stack. The previous handler
+    must be gone."""
+    local = stack.local
+    lines_before = len(stack.watch.lines)
+    env = {
+        **_handler_env(local.plan.service, local.certs_url, local.emulator_host),
+        "PROBE_GENERATION": str(generation),
+    }
+    port = local.plan.service.port
+    process = start_process([*PROBE_COMMAND, "--port", str(port)], env, "handler", stack.watch.on_line)
+    local.processes.append(process)
+    uvicorn_ready(stack.watch, port, lines_before)
+    return process

@@ -30,13 +30,13 @@ from reliability_support import (
     LocalStack,
     key_of,
     local_stack,
+    start_probe_generation,
     start_process,
     stock_client,
-    uvicorn_ready,
 )
 
 from contract.outcomes import TaskOutcome
-from localcloud.stack import _create_queues, _handler_env
+from localcloud.stack import _create_queues
 from taskclient.connection import connect
 from taskclient.errors import PublishError
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest
@@ -82,17 +82,9 @@ def test_the_handler_killed_mid_run_and_restarted_loses_no_task() -> None:
         for reader in [t for t in threading.enumerate() if t.name == "handler-output"]:
             reader.join(timeout=WAIT_S)
             assert not reader.is_alive()
-        lines_at_restart = len(watch.lines)
         # The same command, port and environment as the local stack gives the handler (a new process generation,
         # so the probe no longer holds tasks).
-        env = {
-            **_handler_env(dev.local.plan.service, dev.local.certs_url, dev.local.emulator_host),
-            "PROBE_GENERATION": "2",
-        }
-        port = dev.local.plan.service.port
-        second = start_process([*PROBE_COMMAND, "--port", str(port)], env, "handler", watch.on_line)
-        dev.local.processes.append(second)  # stopped with the stack
-        uvicorn_ready(watch, port, lines_at_restart)
+        second = start_probe_generation(dev, 2)
 
         queue = dev.queue_id("default")
         watch.wait(lambda: {(queue, t) for t in ids} <= watch.acknowledged, f"all {TASKS} tasks to be acknowledged")

@@ -243,6 +243,27 @@ def test_replay_creates_the_original_task_again_byte_for_byte(letters: DeadLette
     assert methods == ["GetTask", "CreateTask", "DeleteTask"]
 
 
+def test_replay_sends_the_letters_path_and_query_to_the_stacks_service_url_as_the_outputs_name_it(
+    letters: DeadLetters, server: LoopbackEmulator
+) -> None:
+    # The handler records the URL under the service's deterministic URL (its audience). Where the outputs reach
+    # the service elsewhere (local mode's loopback address, a service since renamed), the replay goes there.
+    recorded = "https://tasks-dev-handler-123456789012.europe-west1.run.app/tasks/resize?size=2"
+    assert not recorded.startswith(stack().service_url)
+    name = record(server, DEFAULT, "order-1", b"x", url=recorded)
+    assert outcomes(letters.replay([name])) == [LetterOutcome.REPLAYED]
+    (task,) = server.tasks(DEFAULT.path)
+    assert task.http_request.url == stack().service_url.rstrip("/") + "/tasks/resize?size=2"
+
+
+def test_a_letter_whose_url_has_no_path_is_not_replayed(letters: DeadLetters, server: LoopbackEmulator) -> None:
+    name = record(server, DEFAULT, "order-1", url="https://tasks-dev-handler.example")
+    (result,) = letters.replay([name])
+    assert result.outcome is LetterOutcome.FAILED
+    assert "has no URL path ('https://tasks-dev-handler.example'); not replayed" in result.detail
+    assert server.tasks(DEFAULT.path) == [] and len(server.tasks(DLQ)) == 1
+
+
 def test_replay_into_a_queue_routed_at_queue_level_leaves_the_token_to_the_queue(
     letters: DeadLetters, server: LoopbackEmulator
 ) -> None:
