@@ -3,7 +3,9 @@
 The local stack starts on free ports; a batch of tasks goes in through the task client (some that
 succeed, some that fail and are retried, some that can never succeed); the handler's log says what
 became of each; the summary counts delivered, retried, dead-lettered and lost, with latency from
-publish to outcome. Exit status 1 when any task is lost or ends otherwise than expected.
+publish to outcome. Then it lists the dead letters, which must be one per dead-lettered task, and replays
+the one whose cause has gone away (its record "arrives" a few seconds after it was sent), which must then
+be delivered. Exit status 1 when any task is lost or ends otherwise than expected.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TextIO
 
+from contract.dead_letters import dead_letter_task_id
 from contract.outcomes import TaskOutcome
 from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import running, write_outputs
 from taskclient.connection import connect
+from taskclient.dead_letter_cli import letters_table, output_console
+from taskclient.dead_letters import DeadLetters, LetterOutcome
 from taskclient.publisher import Outcome, PublishResult, TaskPublisher, TaskRequest
 
 # The handler's log outcome that ends a task -> how the summary counts it.
 TERMINAL = {TaskOutcome.DONE: "delivered", TaskOutcome.DEAD_LETTERED: "dead-lettered"}
 EMAIL_PATH = "/tasks/send-email"
+ARRIVES_AFTER_S = 2.0  # the demo's replayed task fails for good until its record "arrives", this long after the start
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class DemoTask:
     request: TaskRequest
     expect: str  # "delivered" or "dead-lettered"
     retries: bool  # expected to fail at least once first
+    replay: bool = False  # the dead letter the demo replays once its cause has gone, expected delivered then
 
 
 @dataclass
@@ -81,8 +87,9 @@ class Ledger:
                 self.changed.wait(remaining)
 
 
-def workload(outputs: StackOutputs) -> list[DemoTask]:
-    """Tasks for every queue of the stack, chosen by the task type its path reaches."""
+def workload(outputs: StackOutputs, arrives_at: float) -> list[DemoTask]:
+    """Tasks for every queue of the stack, chosen by the task type its path reaches. The first queue of the
+    default task type also gets the task to replay: refused for good until `arrives_at` (epoch seconds)."""
     tasks: list[DemoTask] = []
     for key, queue in outputs.queues.items():
         if queue.task_url.endswith(EMAIL_PATH):
@@ -95,9 +102,13 @@ def workload(outputs: StackOutputs) -> list[DemoTask]:
             tasks += [
                 DemoTask(TaskRequest({"fail_attempts": 1 + n % 2}, queue=key), "delivered", True) for n in range(20)
             ]
+            first = not any(t.replay for t in tasks)
             tasks += [
                 DemoTask(TaskRequest({"permanent": "demo: no such order"}, queue=key), "dead-lettered", False)
-            ] * 5
+            ] * (4 if first else 5)
+            if first:
+                request = TaskRequest({"order": "demo-42", "permanent_until": arrives_at}, queue=key)
+                tasks.append(DemoTask(request, "dead-lettered", False, replay=True))
     return tasks
 
 
@@ -124,13 +135,18 @@ def run_demo(stack: str = "dev", timeout: float = 120.0, out: TextIO | None = No
     with log_path.open("w") as log, running(stack, on_line=_Lines(log, ledger)) as local:
         write_outputs(local.plan.outputs, workdir / "outputs.json")
         outputs = StackOutputs.from_mapping(local.plan.outputs)
-        tasks = workload(outputs)
+        arrives_at = time.time() + ARRIVES_AFTER_S
+        tasks = workload(outputs, arrives_at)
         print(f"local stack up: emulator {local.emulator_host}, handler {local.plan.service.url}", file=out)
         print(f"publishing {len(tasks)} tasks to {', '.join(outputs.queues)} ...", file=out)
         results = _publish(outputs, local.emulator_host, tasks, ledger)
         keys = [_key(r.name) for r in results if r.name]
         ledger.wait_until_settled(keys, timeout)
-    return _summarise(tasks, results, ledger, log_path, out)
+        code = _summarise(tasks, results, ledger, out)
+        with DeadLetters(outputs, connection=connect(local.emulator_host)) as dead_letters:
+            code |= _work_dead_letters(dead_letters, tasks, results, ledger, arrives_at, timeout, out)
+    print(f"logs: {log_path.relative_to(PROJECT_DIR)}; outputs: .localcloud/outputs.json", file=out)
+    return code
 
 
 @dataclass
@@ -155,7 +171,7 @@ def _publish(outputs: StackOutputs, emulator_host: str, tasks: list[DemoTask], l
         return publisher.publish_many([t.request for t in tasks], concurrency=16, on_result=on_result)
 
 
-def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledger, log_path: Path, out: TextIO) -> int:
+def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledger, out: TextIO) -> int:
     counts = {"published": 0, "delivered": 0, "retried": 0, "dead-lettered": 0, "lost": 0, "unexpected": 0}
     latencies: list[float] = []
     problems: list[str] = []
@@ -190,5 +206,48 @@ def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledg
             f" (mean {1000 * statistics.fmean(latencies):.0f} ms)",
             file=out,
         )
-    print(f"logs: {log_path.relative_to(PROJECT_DIR)}; outputs: .localcloud/outputs.json", file=out)
     return 1 if counts["lost"] or counts["unexpected"] else 0
+
+
+def _work_dead_letters(
+    dead_letters: DeadLetters,
+    tasks: list[DemoTask],
+    results: list[PublishResult],
+    ledger: Ledger,
+    arrives_at: float,
+    timeout: float,
+    out: TextIO,
+) -> int:
+    """Lists the dead letters (one per dead-lettered task, or exit status 1), then replays the one whose record
+    has arrived since, as an operator would once the cause is fixed, and waits for it to be delivered."""
+    dead = {_key(r.name) for r in results if r.name and ledger.fates[_key(r.name)].outcome == "dead-lettered"}
+    listed = list(dead_letters.list())
+    recorded = {(letter.meta.queue, letter.meta.task) for letter in listed if letter.meta}
+    table, count = letters_table(listed)
+    print(f"\ndead letters ({dead_letters.queue.rsplit('/', 1)[-1]}): {count}", file=out)
+    output_console(out).print(table)
+    code = 0
+    if recorded != dead or count != len(dead):
+        print(
+            f"  {len(dead - recorded)} dead-lettered tasks have no dead letter;"
+            f" {count - len(dead & recorded)} dead letters are for no dead-lettered task",
+            file=out,
+        )
+        code = 1
+    replayable = [r.name for t, r in zip(tasks, results, strict=True) if t.replay and r.name]
+    if not replayable:
+        return code
+    original = _key(replayable[0])
+    time.sleep(max(0.0, arrives_at - time.time()))  # its record has arrived: the cause is gone
+    (result,) = dead_letters.replay([dead_letter_task_id(*original)])
+    if result.outcome is not LetterOutcome.REPLAYED or not result.task:
+        print(f"replay of {original[1]}: {result.outcome.value} ({result.detail})", file=out)
+        return 1
+    replayed = _key(result.task)
+    ledger.published(replayed, time.time())
+    ledger.wait_until_settled([replayed], timeout)
+    fate = ledger.fates[replayed].outcome or "lost"
+    print(f"replayed {result.name.rsplit('/', 1)[-1]} (its record has arrived) as {replayed[1]}: {fate}", file=out)
+    left = len(dead_letters.names())
+    print(f"{left} dead letters left: `taskclient dead-letters list` against `localcloud up` shows them", file=out)
+    return code | (fate != "delivered")

@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -90,10 +90,21 @@ def _list(dead_letters: DeadLetters, args: argparse.Namespace) -> int:
     if args.json:
         _print_json_array(letter.as_json() for letter in letters)
         return 0
+    table, count = letters_table(letters)
+    of = f" of queue {args.queue!r}" if args.queue else ""
+    if not count:
+        print(f"no dead letters{of}")
+        return 0
+    console = output_console()
+    console.print(table)
+    console.print(f"{count} dead letter{'s' if count != 1 else ''}{of}", markup=False, highlight=False)
+    return 0
+
+
+def letters_table(letters: Iterable[DeadLetter]) -> tuple[Table, int]:
+    """The `list` table of `letters` (read as they come), and how many rows it has."""
     table = Table("name", "queue", "task", "attempt", "final", "recorded at", "size", "reason", highlight=False)
-    count = 0
     for letter in letters:
-        count += 1
         meta = letter.meta
         table.add_row(
             letter.id,
@@ -105,14 +116,7 @@ def _list(dead_letters: DeadLetters, args: argparse.Namespace) -> int:
             f"{letter.size:,} B" if letter.size is not None else "unknown",
             letter.reason_line(),
         )
-    of = f" of queue {args.queue!r}" if args.queue else ""
-    if not count:
-        print(f"no dead letters{of}")
-        return 0
-    console = _stdout_console()
-    console.print(table)
-    console.print(f"{count} dead letter{'s' if count != 1 else ''}{of}", markup=False, highlight=False)
-    return 0
+    return table, table.row_count
 
 
 def _show(dead_letters: DeadLetters, args: argparse.Namespace) -> int:
@@ -209,9 +213,10 @@ def summary(results: Iterable[LetterResult], action: str) -> str:
 # --- output -------------------------------------------------------------------------------------
 
 
-def _stdout_console() -> Console:
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=_PIPED_WIDTH)
+def output_console(file: TextIO | None = None) -> Console:
+    """A console on `file` (default stdout) that never wraps a table's rows when it is not a terminal."""
+    console = Console(file=file, highlight=False)
+    return console if console.is_terminal else Console(file=file, highlight=False, width=_PIPED_WIDTH)
 
 
 def _print_json_array(items: Iterable[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -93,6 +94,16 @@ def test_bad_requests_get_a_clear_answer_and_never_crash_the_server(handler: Han
     no_headers = handler.client.post("/tasks/default", content=b"{}")
     assert no_headers.status_code == 400
     assert handler.client.get("/health").status_code == 200
+
+
+def test_the_demo_switch_permanent_until_fails_for_good_before_its_time_and_is_done_after(
+    handler: HandlerProcess,
+) -> None:
+    later = json.dumps({"permanent_until": time.time() + 3600}).encode()
+    refused = handler.post("/tasks/default", later, task="not-yet").json()
+    assert refused["status"] == TaskOutcome.DEAD_LETTERED and "not there yet" in refused["reason"]
+    earlier = json.dumps({"permanent_until": time.time() - 1}).encode()
+    assert handler.post("/tasks/default", earlier, task="arrived").json() == {"status": TaskOutcome.DONE}
 
 
 def test_final_attempt_failure_and_permanent_failure_are_dead_lettered(handler: HandlerProcess) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -144,6 +145,12 @@ def test_the_demo_delivers_everything_and_loses_nothing() -> None:
     summary = next(line for line in done.stdout.splitlines() if line.startswith("published "))
     assert "lost 0, unexpected 0" in summary
     assert "dead-lettered 8" in summary and "retried 20" in summary
+    # Then: one dead letter per dead-lettered task, and the one whose cause has gone replayed to delivered.
+    assert re.search(r"^dead letters \(tasks-dev-dead-letters-[0-9a-f]{6}\): 8$", done.stdout, re.MULTILINE)
+    assert re.search(
+        r"^replayed tasks-dev-default-\w+_\d+ \(its record has arrived\) as \S+: delivered$", done.stdout, re.M
+    )
+    assert "7 dead letters left" in done.stdout
     written = json.loads((PROJECT_DIR / ".localcloud" / "outputs.json").read_text())
     assert StackOutputs.from_mapping(written).service_url.startswith("http://127.0.0.1:")
 
