@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ class TaskService:
 
     async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
         key = f"{context.queue}/{context.task}"
-        claim = await self._store.claim(key)
+        owner = secrets.token_hex(8)  # this attempt's: its release never ends a later attempt's claim
+        claim = await self._store.claim(key, owner)
         if claim is Claim.DONE:
             return Reply(200, TaskOutcome.DUPLICATE, "this task was done before")
         if claim is Claim.IN_PROGRESS:
@@ -139,12 +141,12 @@ class TaskService:
         except BaseException:
             # Whatever went wrong (a client that hung up, a bug), the claim must not outlive the request:
             # held, it would answer every retry "in progress" until Cloud Tasks gives up on the task.
-            await self._store.release(key)
+            await self._store.release(key, owner)
             raise
         if reply.status < 300:
             await self._store.complete(key)
         else:
-            await self._store.release(key)
+            await self._store.release(key, owner)
         return reply
 
     async def _run(self, request: Request, path: str, body: bytes | None, context: TaskContext) -> Reply:

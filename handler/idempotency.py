@@ -44,11 +44,14 @@ class Claim(StrEnum):
 
 
 class IdempotencyStore(Protocol):
-    async def claim(self, key: str) -> Claim: ...
+    """`owner` is the attempt's own token (one per request): a release only ends the claim that attempt holds,
+    never a newer attempt's claim taken after its lease ran out."""
+
+    async def claim(self, key: str, owner: str) -> Claim: ...
 
     async def complete(self, key: str) -> None: ...
 
-    async def release(self, key: str) -> None: ...
+    async def release(self, key: str, owner: str) -> None: ...
 
 
 def lease_seconds(queues: Mapping[str, QueueEntry]) -> float:
@@ -90,22 +93,23 @@ class MemoryStore:
         self._max_entries = max_entries
         self._clock = clock
         self._log = log or JsonLog()
-        # key -> when it expires, oldest first (one TTL, one lease: insertion order is expiry order)
+        # key -> when it expires, oldest first (one TTL, one lease: insertion order is expiry order); a claim also
+        # holds its owner
         self._done: OrderedDict[str, float] = OrderedDict()
-        self._in_progress: OrderedDict[str, float] = OrderedDict()
+        self._in_progress: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.evicted_early = 0  # done tasks forgotten before their TTL, for lack of room
 
     @property
     def entries(self) -> int:
         return len(self._done) + len(self._in_progress)
 
-    async def claim(self, key: str) -> Claim:
+    async def claim(self, key: str, owner: str) -> Claim:
         now = self._expire()
         if key in self._done:
             return Claim.DONE
         if key in self._in_progress:
             return Claim.IN_PROGRESS
-        self._in_progress[key] = now + self._lease
+        self._in_progress[key] = (now + self._lease, owner)
         self._make_room(now)
         return Claim.NEW
 
@@ -116,14 +120,17 @@ class MemoryStore:
         self._done.move_to_end(key)
         self._make_room(now)
 
-    async def release(self, key: str) -> None:
-        self._in_progress.pop(key, None)
+    async def release(self, key: str, owner: str) -> None:
+        held = self._in_progress.get(key)
+        if held is not None and held[1] == owner:
+            del self._in_progress[key]
 
     def _expire(self) -> float:
         now = self._clock()
-        for table in (self._done, self._in_progress):
-            while table and next(iter(table.values())) <= now:
-                table.popitem(last=False)
+        while self._done and next(iter(self._done.values())) <= now:
+            self._done.popitem(last=False)
+        while self._in_progress and next(iter(self._in_progress.values()))[0] <= now:
+            self._in_progress.popitem(last=False)
         return now
 
     def _make_room(self, now: float) -> None:
@@ -142,22 +149,23 @@ class MemoryStore:
             )
 
 
-# Delete the key only while it holds the claim: a late release must never forget a task that is done.
+# Delete the key only while it holds this owner's claim: a late release must never forget a task that is done,
+# nor end the claim of a newer attempt.
 _RELEASE_CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
-_IN_PROGRESS = "in-progress"
+_IN_PROGRESS = "in-progress:"  # + the owner
 _DONE = "done"
 
 
 class RedisStore:
-    """Shared store on Redis: `SET key in-progress NX EX <lease>` claims, `SET key done EX <ttl>` completes,
-    release deletes the key only while it is in progress (one Lua script, atomic). Redis bounds it by the
-    same TTL and lease; its memory is the Redis instance's (give it a `volatile-*` or `noeviction` policy:
-    an `allkeys-*` eviction forgets done tasks early, as MemoryStore would when full)."""
+    """Shared store on Redis: `SET key in-progress:<owner> NX EX <lease>` claims, `SET key done EX <ttl>`
+    completes, release deletes the key only while that owner's claim holds it (one Lua script, atomic). Redis
+    bounds it by the same TTL and lease; its memory is the Redis instance's (give it a `volatile-*` or
+    `noeviction` policy: an `allkeys-*` eviction forgets done tasks early, as MemoryStore would when full)."""
 
     def __init__(
         self,
@@ -182,10 +190,10 @@ class RedisStore:
         )
         return cls(client, **options)
 
-    async def claim(self, key: str) -> Claim:
+    async def claim(self, key: str, owner: str) -> Claim:
         name = self._prefix + key
         for _ in range(3):
-            if await self._client.set(name, _IN_PROGRESS, nx=True, ex=self._lease):
+            if await self._client.set(name, _IN_PROGRESS + owner, nx=True, ex=self._lease):
                 return Claim.NEW
             value = await self._client.get(name)
             if isinstance(value, bytes):
@@ -200,8 +208,8 @@ class RedisStore:
     async def complete(self, key: str) -> None:
         await self._client.set(self._prefix + key, _DONE, ex=self._ttl)
 
-    async def release(self, key: str) -> None:
-        await self._release(keys=[self._prefix + key], args=[_IN_PROGRESS])
+    async def release(self, key: str, owner: str) -> None:
+        await self._release(keys=[self._prefix + key], args=[_IN_PROGRESS + owner])
 
     async def aclose(self) -> None:
         await self._client.aclose()

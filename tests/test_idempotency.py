@@ -186,7 +186,11 @@ def test_the_first_claim_is_new_and_a_second_is_in_progress(backend: Backend) ->
     store = backend.store(ttl_seconds=3600, lease_seconds=600)
 
     async def scenario() -> list[Claim]:
-        return [await store.claim(KEY), await store.claim(KEY), await store.claim(KEY + "-other")]
+        return [
+            await store.claim(KEY, attempt()),
+            await store.claim(KEY, attempt()),
+            await store.claim(KEY + "-other", attempt()),
+        ]
 
     assert run(backend, scenario) == [Claim.NEW, Claim.IN_PROGRESS, Claim.NEW]
 
@@ -195,9 +199,9 @@ def test_a_completed_task_is_done_for_every_later_claim(backend: Backend) -> Non
     store = backend.store(ttl_seconds=3600, lease_seconds=600)
 
     async def scenario() -> list[Claim]:
-        await store.claim(KEY)
+        await store.claim(KEY, attempt())
         await store.complete(KEY)
-        return [await store.claim(KEY), await store.claim(KEY)]
+        return [await store.claim(KEY, attempt()), await store.claim(KEY, attempt())]
 
     assert run(backend, scenario) == [Claim.DONE, Claim.DONE]
 
@@ -206,9 +210,9 @@ def test_a_released_claim_lets_the_retry_run(backend: Backend) -> None:
     store = backend.store(ttl_seconds=3600, lease_seconds=600)
 
     async def scenario() -> list[Claim]:
-        await store.claim(KEY)
-        await store.release(KEY)
-        return [await store.claim(KEY), await store.claim(KEY)]
+        await store.claim(KEY, "first")
+        await store.release(KEY, "first")
+        return [await store.claim(KEY, "retry"), await store.claim(KEY, "copy")]
 
     assert run(backend, scenario) == [Claim.NEW, Claim.IN_PROGRESS]
 
@@ -218,11 +222,11 @@ def test_release_never_forgets_a_done_task(backend: Backend) -> None:
     store = backend.store(ttl_seconds=3600, lease_seconds=600)
 
     async def scenario() -> Claim:
-        await store.claim(KEY)
+        await store.claim(KEY, "first")
         await store.complete(KEY)
-        await store.release(KEY)
-        await store.release("never-claimed")
-        return await store.claim(KEY)
+        await store.release(KEY, "first")
+        await store.release("never-claimed", "first")
+        return await store.claim(KEY, "late")
 
     assert run(backend, scenario) is Claim.DONE
 
@@ -231,9 +235,9 @@ def test_a_done_task_is_forgotten_after_its_ttl_and_not_before(backend: Backend)
     store = backend.store(ttl_seconds=1, lease_seconds=600)
 
     async def scenario() -> tuple[Claim, bool]:
-        await store.claim(KEY)
+        await store.claim(KEY, attempt())
         await store.complete(KEY)
-        before = await store.claim(KEY)
+        before = await store.claim(KEY, attempt())
         return before, await backend.eventually(1, lambda: _is_new(store))
 
     assert run(backend, scenario) == (Claim.DONE, True)
@@ -244,24 +248,38 @@ def test_the_claim_of_a_crashed_attempt_expires_after_its_lease(backend: Backend
     store = backend.store(ttl_seconds=3600, lease_seconds=1)
 
     async def scenario() -> tuple[Claim, bool, Claim]:
-        await store.claim(KEY)  # ... and the instance is gone
-        before = await store.claim(KEY)
+        await store.claim(KEY, attempt())  # ... and the instance is gone
+        before = await store.claim(KEY, attempt())
         expired = await backend.eventually(1, lambda: _is_new(store))
-        return before, expired, await store.claim(KEY)
+        return before, expired, await store.claim(KEY, attempt())
 
     assert run(backend, scenario) == (Claim.IN_PROGRESS, True, Claim.IN_PROGRESS)
+
+
+def test_a_late_release_by_an_attempt_that_outlived_its_lease_leaves_the_newer_claim(backend: Backend) -> None:
+    """Attempt 1 outlives its lease (blocking work cannot be cancelled); attempt 2 claims the task anew; then
+    attempt 1 fails and releases: attempt 2's claim must stand, or a third copy would run beside it."""
+    store = backend.store(ttl_seconds=3600, lease_seconds=1)
+
+    async def scenario() -> tuple[bool, Claim]:
+        await store.claim(KEY, "attempt-1")
+        expired = await backend.eventually(1, lambda: _claimed_by(store, "attempt-2"))
+        await store.release(KEY, "attempt-1")
+        return expired, await store.claim(KEY, "attempt-3")
+
+    assert run(backend, scenario) == (True, Claim.IN_PROGRESS)
 
 
 def test_a_completed_task_outlives_the_lease(backend: Backend) -> None:
     store = backend.store(ttl_seconds=3600, lease_seconds=1)
 
     async def scenario() -> Claim:
-        await store.claim(KEY)
+        await store.claim(KEY, attempt())
         await store.complete(KEY)
         # For Redis there is nothing to wait on (the key must simply stay): the write test below checks that
         # `done` carries the TTL, not the lease.
         await backend.eventually(1.5, _true)
-        return await store.claim(KEY)
+        return await store.claim(KEY, attempt())
 
     assert run(backend, scenario) is Claim.DONE
 
@@ -271,7 +289,7 @@ def test_concurrent_claims_of_one_task_give_exactly_one_new(backend: Backend, co
     store = backend.store(ttl_seconds=3600, lease_seconds=600)
 
     async def scenario() -> list[Claim]:
-        return list(await asyncio.gather(*(store.claim(KEY) for _ in range(copies))))
+        return list(await asyncio.gather(*(store.claim(KEY, attempt()) for _ in range(copies))))
 
     claims = run(backend, scenario)
     assert claims.count(Claim.NEW) == 1
@@ -284,9 +302,9 @@ def test_two_stores_on_one_backend_share_what_is_done(backend: Backend) -> None:
     first, second = (backend.store(ttl_seconds=3600, lease_seconds=600) for _ in range(2))
 
     async def scenario() -> list[Claim]:
-        claims = [await first.claim(KEY), await second.claim(KEY)]
+        claims = [await first.claim(KEY, attempt()), await second.claim(KEY, attempt())]
         await first.complete(KEY)
-        return [*claims, await second.claim(KEY)]
+        return [*claims, await second.claim(KEY, attempt())]
 
     shared = [Claim.NEW, Claim.IN_PROGRESS, Claim.DONE]
     assert run(backend, scenario) == (
@@ -294,8 +312,17 @@ def test_two_stores_on_one_backend_share_what_is_done(backend: Backend) -> None:
     )
 
 
+def attempt() -> str:
+    """A new attempt's owner token, as the app makes one per request."""
+    return uuid.uuid4().hex
+
+
 async def _is_new(store: IdempotencyStore) -> bool:
-    return await store.claim(KEY) is Claim.NEW
+    return await store.claim(KEY, attempt()) is Claim.NEW
+
+
+async def _claimed_by(store: IdempotencyStore, owner: str) -> bool:
+    return await store.claim(KEY, owner) is Claim.NEW
 
 
 async def _true() -> bool:
@@ -313,7 +340,7 @@ def memory_store(max_entries: int, log: io.StringIO, clock: Clock, ttl_seconds: 
 
 async def claim_and_complete(store: MemoryStore, *keys: str) -> None:
     for key in keys:
-        assert await store.claim(key) is Claim.NEW
+        assert await store.claim(key, attempt()) is Claim.NEW
         await store.complete(key)
 
 
@@ -329,7 +356,7 @@ def test_memory_store_evicting_a_done_task_before_its_ttl_says_so_and_counts_it(
     asyncio.run(scenario())
     assert store.evicted_early == 1  # the store says so ...
     entries = [json.loads(line) for line in log.getvalue().splitlines()]
-    assert asyncio.run(store.claim("q/a")) is Claim.NEW  # ... that it forgot: the work would run again
+    assert asyncio.run(store.claim("q/a", attempt())) is Claim.NEW  # ... that it forgot: the work would run again
     assert len(entries) == 1
     assert entries[0]["severity"] == "WARNING"
     assert entries[0]["key"] == "q/a" and entries[0]["evictedEarly"] == 1 and entries[0]["maxEntries"] == 2
@@ -358,12 +385,12 @@ def test_memory_store_never_holds_more_than_max_entries() -> None:
     async def scenario() -> None:
         await claim_and_complete(store, *(f"q/{i}" for i in range(25)))
         for i in range(5):
-            await store.claim(f"q/running-{i}")
+            await store.claim(f"q/running-{i}", attempt())
 
     asyncio.run(scenario())
     assert store.entries == 10
     assert store.evicted_early == 20  # 15 done ones for the later done ones, 5 for the running claims
-    assert asyncio.run(store.claim("q/running-4")) is Claim.IN_PROGRESS  # running claims are kept first
+    assert asyncio.run(store.claim("q/running-4", attempt())) is Claim.IN_PROGRESS  # running claims are kept first
 
 
 def test_memory_store_refuses_a_capacity_it_cannot_hold() -> None:
@@ -382,9 +409,9 @@ def test_redis_store_writes_in_progress_with_the_lease_and_done_with_the_ttl(red
     async def scenario() -> None:
         store = RedisStore.from_url(redis_db.url, ttl_seconds=86400, lease_seconds=600, prefix=prefix)
         try:
-            await store.claim(KEY)
+            await store.claim(KEY, "attempt-1")
             with redis_db.client() as client:
-                assert client.get(prefix + KEY) == b"in-progress"
+                assert client.get(prefix + KEY) == b"in-progress:attempt-1"
                 assert 590 < client.ttl(prefix + KEY) <= 600
             await store.complete(KEY)
             with redis_db.client() as client:
