@@ -674,6 +674,23 @@ def test_cli_bulk_replay_shows_a_progress_bar_on_a_terminal_only(server: Loopbac
     assert stdout.splitlines()[-1] == "replayed 5, already replayed 0, failed 0"
 
 
+def test_cli_output_piped_into_a_reader_that_stops_early_ends_quietly(server: LoopbackEmulator, tmp_path: Path) -> None:
+    """`dead-letters list --json | head -1`: the reader goes away; the command stops without a traceback."""
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(outputs_document()))
+    for n in range(400):  # far more output than a pipe's buffer holds
+        record(server, DEFAULT, f"many-{n}", reason="ValueError: " + "no such order " * 20)
+    command = [sys.executable, "-m", "taskclient", "dead-letters", "list", "--json", "--outputs", str(outputs)]
+    env = {**os.environ, EMULATOR_ENV: server.address, "PYTHONPATH": str(PROJECT_DIR)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"[\n"
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, errors
+    assert "Traceback" not in errors and errors == ""
+
+
 def _drain(fd: int, into: bytearray) -> None:
     while True:
         try:
