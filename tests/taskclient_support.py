@@ -3,6 +3,11 @@ tests. Until the stack exports `dead_letter_queue`, the outputs name one in the 
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from emulator_support import LoopbackEmulator, stack_queues
@@ -34,3 +39,31 @@ def stack_emulator(**options: Any) -> LoopbackEmulator:
         server.queues.append(server.add_queue(dead_letters))
     server.pause(dead_letters)
     return server
+
+
+def run_with_stderr_on_a_terminal(
+    command: Sequence[str], env: Mapping[str, str], timeout: float = 60
+) -> tuple[int, str, bytes]:
+    """Runs `command` with stderr on a pseudo-terminal (read while it runs, so it never blocks on it) and stdout
+    on a pipe: (exit status, stdout, what the terminal showed)."""
+    leader, follower = pty.openpty()
+    shown = bytearray()
+    process = subprocess.Popen(list(command), env=dict(env), stderr=follower, stdout=subprocess.PIPE, text=True)
+    os.close(follower)
+    reader = threading.Thread(target=_drain, args=(leader, shown))
+    reader.start()
+    stdout, _ = process.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(leader)
+    return process.returncode, stdout, bytes(shown)
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the terminal closed: the command has exited
+            return
+        if not chunk:
+            return
+        into += chunk

@@ -5,16 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from emulator_support import LoopbackEmulator
-from taskclient_support import outputs_document, stack, stack_emulator
+from taskclient_support import outputs_document, run_with_stderr_on_a_terminal, stack, stack_emulator
 
 from contract.outputs import OUTPUTS_ENV
 from localcloud.program import PROJECT_DIR
@@ -197,29 +195,7 @@ def test_bulk_shows_a_progress_bar_on_a_terminal_only(server: LoopbackEmulator, 
     piped = run_module(args, server)
     assert piped.returncode == 0 and "creating tasks" not in piped.stderr
 
-    # On a terminal: stderr is a pseudo-terminal, read while the command runs so it never blocks on it.
-    leader, follower = pty.openpty()
-    shown = bytearray()
-    command = subprocess.Popen(
-        module_command(args), env=module_env(server), stderr=follower, stdout=subprocess.PIPE, text=True
-    )
-    os.close(follower)
-    reader = threading.Thread(target=_drain, args=(leader, shown))
-    reader.start()
-    stdout, _ = command.communicate(timeout=60)
-    reader.join(timeout=10)
-    os.close(leader)
-    assert command.returncode == 0
+    status, stdout, shown = run_with_stderr_on_a_terminal(module_command(args), module_env(server))
+    assert status == 0
     assert b"creating tasks" in shown
     assert stdout.startswith("created 20, duplicates 0, failed 0")
-
-
-def _drain(fd: int, into: bytearray) -> None:
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the terminal closed: the command has exited
-            return
-        if not chunk:
-            return
-        into += chunk

@@ -11,11 +11,9 @@ import hashlib
 import io
 import json
 import os
-import pty
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +22,7 @@ import grpc
 import pytest
 from emulator_support import LoopbackEmulator
 from google.cloud import tasks_v2
-from taskclient_support import outputs_document, stack, stack_emulator
+from taskclient_support import outputs_document, run_with_stderr_on_a_terminal, stack, stack_emulator
 
 from contract.dead_letters import (
     HEADER_NOT_BEFORE,
@@ -660,16 +658,8 @@ def test_cli_bulk_replay_shows_a_progress_bar_on_a_terminal_only(server: Loopbac
 
     for n in range(5):
         record(server, DEFAULT, f"terminal-{n}")
-    leader, follower = pty.openpty()
-    shown = bytearray()
-    process = subprocess.Popen(command, env=env, stderr=follower, stdout=subprocess.PIPE, text=True)
-    os.close(follower)
-    reader = threading.Thread(target=_drain, args=(leader, shown))
-    reader.start()
-    stdout, _ = process.communicate(timeout=60)
-    reader.join(timeout=10)
-    os.close(leader)
-    assert process.returncode == 0
+    status, stdout, shown = run_with_stderr_on_a_terminal(command, env)
+    assert status == 0
     assert b"replaying dead letters" in shown
     assert stdout.splitlines()[-1] == "replayed 5, already replayed 0, failed 0"
 
@@ -689,17 +679,6 @@ def test_cli_output_piped_into_a_reader_that_stops_early_ends_quietly(server: Lo
     errors = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141, errors
     assert "Traceback" not in errors and errors == ""
-
-
-def _drain(fd: int, into: bytearray) -> None:
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the terminal closed: the command has exited
-            return
-        if not chunk:
-            return
-        into += chunk
 
 
 # --- docs/dead-letters.md ---------------------------------------------------------------------------
