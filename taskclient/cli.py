@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,14 +25,29 @@ from rich.console import Console
 
 from contract.outputs import OUTPUTS_ENV, StackOutputsError
 from taskclient import dead_letter_cli
-from taskclient.errors import TaskClientError, UsageError
+from taskclient.errors import PublishError, TaskClientError, UsageError
 from taskclient.progress import progress_bar
-from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, read_outputs_document
+from taskclient.publisher import MAX_SCHEDULE_AHEAD, Outcome, TaskPublisher, TaskRequest, read_outputs_document
 
 __all__ = ["UsageError", "duration", "main"]
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+_DUPLICATES_LISTED = 20  # lines named one by one in bulk's report of tasks that were there already
+# The library's argument names, as this CLI's flags: a message tells a shell user what to type.
+_FLAGS = {
+    "payload": "--json/--data-file",
+    "queue": "--queue",
+    "path": "--path",
+    "delay": "--delay",
+    "name": "--name",
+    "dedupe_key": "--dedupe-key",
+    "headers": "--header",
+    "deadline": "--deadline",
+}
+_ARGUMENT = re.compile(r"(^|; )(" + "|".join(_FLAGS) + r"): ")
+_KEYWORDS = re.compile(r"\b(" + "|".join(_FLAGS) + r")=")
 
 
 def duration(text: str) -> timedelta:
@@ -53,9 +70,18 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None) -> 
             if args.command == "send":
                 return _send(publisher, args, stdin)
             return _bulk(publisher, args, stdin)
+    except PublishError as err:  # Cloud Tasks refused or failed the call
+        print(f"error: {in_flags(str(err))}", file=sys.stderr)
+        return 1
     except (UsageError, TaskClientError, StackOutputsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {in_flags(str(err))}", file=sys.stderr)
         return 2
+
+
+def in_flags(message: str) -> str:
+    """A library message with its argument names (`delay: ...`, `pass name= ...`) as this CLI's flags."""
+    message = _ARGUMENT.sub(lambda m: f"{m[1]}{_FLAGS[m[2]]}: ", message)
+    return _KEYWORDS.sub(lambda m: _FLAGS[m[1]], message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     body.add_argument("--json", metavar="JSON", help="the payload, as JSON text")
     body.add_argument("--data-file", metavar="FILE", help="the payload file, sent as it is ('-' reads stdin)")
     when = send.add_mutually_exclusive_group()
-    when.add_argument("--delay", type=duration, help="dispatch after this long, e.g. 30s or 10m")
+    when.add_argument("--delay", help="dispatch after this long, e.g. 30s or 10m (at most 30d)")
     name = send.add_mutually_exclusive_group()
     name.add_argument("--name", metavar="ID", help="task id; a second task of the same id is refused as a duplicate")
     name.add_argument("--dedupe-key", metavar="KEY", help="derive the task id from this key (hashed)")
@@ -102,7 +128,13 @@ def _outputs(option: str | None, stdin: IO[str]) -> dict[str, Any]:
     if option is not None:
         return read_outputs_document(option, stdin)
     if os.environ.get(OUTPUTS_ENV):
-        return read_outputs_document("-", io.StringIO(os.environ[OUTPUTS_ENV]))
+        text = os.environ[OUTPUTS_ENV].strip()
+        if not text.startswith("{") and Path(text).is_file():
+            raise UsageError(
+                f"{OUTPUTS_ENV} holds a path ({text}), not the outputs document: pass --outputs {text}, or set"
+                f' {OUTPUTS_ENV}="$(cat {text})"'
+            )
+        return read_outputs_document("-", io.StringIO(text))
     if shutil.which("pulumi"):
         done = subprocess.run(
             ["pulumi", "stack", "output", "--json"], capture_output=True, text=True, check=False, timeout=120
@@ -113,32 +145,48 @@ def _outputs(option: str | None, stdin: IO[str]) -> dict[str, Any]:
     raise UsageError(f"no stack outputs: pass --outputs FILE (or '-'), set {OUTPUTS_ENV}, or install the Pulumi CLI")
 
 
-def _stdin_bytes(stdin: IO[str]) -> bytes:
-    """Standard input as it came: its bytes, not text decoded and encoded again."""
-    buffer = getattr(stdin, "buffer", None)
-    return bytes(buffer.read()) if buffer is not None else stdin.read().encode()
+def _stdin_binary(stdin: IO[str]) -> IO[bytes]:
+    """Standard input as it comes: its bytes, not text decoded and encoded again."""
+    buffer: IO[bytes] | None = getattr(stdin, "buffer", None)
+    return buffer if buffer is not None else io.BytesIO(stdin.read().encode())
 
 
 def _send(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) -> int:
     if args.data_file is not None:
-        payload: Any = _stdin_bytes(stdin) if args.data_file == "-" else _read_bytes(args.data_file)
+        payload: Any = _stdin_binary(stdin).read() if args.data_file == "-" else _read_bytes(args.data_file)
     else:
         try:
             payload = json.loads(args.json)
         except ValueError as err:
             raise UsageError(f"--json: not JSON ({err})") from None
-    name = publisher.publish(
+    request = TaskRequest(
         payload,
         queue=args.queue,
         path=args.path,
-        delay=args.delay,
+        delay=_delay(args.delay),
         name=args.name,
         dedupe_key=args.dedupe_key,
         deadline=args.deadline,
         headers=_header_map(args.header),
     )
+    outcome, name = publisher.create(request)
     print(name)
+    if outcome is Outcome.DUPLICATE:
+        print(f"already exists: {name} (not sent again; the payload given now was not enqueued)", file=sys.stderr)
     return 0
+
+
+def _delay(text: str | None) -> timedelta | None:
+    """--delay as a timedelta; a value out of range is refused in the unit it was written in."""
+    if text is None:
+        return None
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise UsageError(f"--delay {text!r} is not a duration such as 30s, 10m, 2h or 1d")
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds > MAX_SCHEDULE_AHEAD.total_seconds():
+        raise UsageError(f"--delay {text} is more than 30d ahead (Cloud Tasks schedules at most 30 days ahead)")
+    return timedelta(seconds=seconds)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -174,32 +222,83 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) ->
         requests.append(request)
 
     console = Console(stderr=True)
+    stop = threading.Event()
+
+    def until_stopped() -> Iterator[TaskRequest]:
+        for request in requests:
+            if stop.is_set():
+                return
+            yield request
+
+    # Ctrl-C stops taking lines; the calls in flight finish, so each line is either sent (with its result) or
+    # not sent at all, and the summary can say which.
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     started = time.perf_counter()
-    with progress_bar(console, len(requests), "creating tasks") as advance:
-        results = publisher.publish_many(requests, concurrency=args.concurrency, on_result=lambda _: advance())
+    try:
+        with progress_bar(console, len(requests), "creating tasks") as advance:
+            results = publisher.publish_many(
+                until_stopped(), concurrency=args.concurrency, on_result=lambda _: advance()
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     elapsed = time.perf_counter() - started
 
     counts = Counter(result.outcome for result in results)
-    failures += [(line_numbers[r.index], r.error or "failed") for r in results if r.outcome is Outcome.FAILED]
+    failures += [(line_numbers[r.index], in_flags(r.error or "failed")) for r in results if r.outcome is Outcome.FAILED]
+    duplicates = [(line_numbers[r.index], r.name) for r in results if r.outcome is Outcome.DUPLICATE]
     for number, reason in sorted(failures):
         console.print(f"line {number}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    for number, name in duplicates[:_DUPLICATES_LISTED]:
+        console.print(
+            f"line {number}: already exists: {name} (not sent again; the payload on this line was not enqueued)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(duplicates) > _DUPLICATES_LISTED:
+        console.print(f"... and {len(duplicates) - _DUPLICATES_LISTED} more lines already there", markup=False)
     done = counts[Outcome.CREATED] + counts[Outcome.DUPLICATE]
-    print(
-        f"created {counts[Outcome.CREATED]}, duplicates {counts[Outcome.DUPLICATE]}, failed {len(failures)},"
-        f" {done / elapsed if elapsed > 0 else 0.0:.0f} tasks/s"
+    summary = (
+        f"created {counts[Outcome.CREATED]}, duplicates {counts[Outcome.DUPLICATE]}"
+        f"{' (already there, not sent again)' if duplicates else ''}, failed {len(failures)}"
     )
+    if stop.is_set():
+        unsent = line_numbers[len(results) :]
+        last = f"last line sent: {line_numbers[len(results) - 1]}" if results else "no line sent"
+        rest = f"; not sent: lines {unsent[0]} to {unsent[-1]}" if unsent else ""
+        print(f"interrupted: {summary}, not sent {len(unsent)} ({last}{rest})")
+        console.print(
+            "To resume without duplicates, run the same command again with --dedupe-field (or with task ids in"
+            " the lines): what was sent is found there and not sent twice. Without either, send only the lines"
+            " not sent: tail -n +LINE FILE | python -m taskclient bulk --file - ...",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return INTERRUPTED
+    print(f"{summary}, {done / elapsed if elapsed > 0 else 0.0:.0f} tasks/s")
     return 1 if failures else 0
 
 
-def _lines(path: str, stdin: IO[str]) -> Iterator[tuple[int, str]]:
+def _lines(path: str, stdin: IO[str]) -> list[tuple[int, str]]:
+    """The file's non-blank lines, numbered; a line that is not UTF-8 refuses the whole file, before any send."""
     try:
-        handle = stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        handle: IO[bytes] = _stdin_binary(stdin) if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as err:
         raise UsageError(f"--file {path}: {err.strerror}") from None
-    with handle if handle is not stdin else contextlib.nullcontext(handle):
-        for number, text in enumerate(handle, start=1):
+    lines: list[tuple[int, str]] = []
+    with handle if path != "-" else contextlib.nullcontext(handle):
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UsageError(
+                    f"--file {path}: line {number} is not UTF-8 (byte 0x{raw[err.start]:02x} at column"
+                    f" {err.start + 1}); nothing was sent"
+                ) from None
             if text.strip():
-                yield number, text
+                lines.append((number, text))
+    return lines
 
 
 def _bulk_request(payload: Any, args: argparse.Namespace) -> TaskRequest:

@@ -7,12 +7,13 @@ import re
 from dataclasses import dataclass
 
 import google.auth
+import google.auth.exceptions
 import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from contract.cloud_tasks import EMULATOR_HOST_ENV
-from taskclient.errors import TaskValidationError
+from taskclient.errors import NO_CREDENTIALS_OR_EMULATOR, TaskClientError, TaskValidationError
 
 EMULATOR_ENV = EMULATOR_HOST_ENV
 _HOST_PORT = re.compile(r"(?:\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
@@ -42,7 +43,11 @@ def connect(emulator_host: str | None = None) -> Connection:
         channel = grpc.insecure_channel(host, options=_UNLIMITED_MESSAGES)
         transport = CloudTasksGrpcTransport(channel=channel)
         return Connection(tasks_v2.CloudTasksClient(transport=transport), principal=f"the caller (emulator {host})")
-    credentials, _ = google.auth.default()
+    try:
+        credentials, _ = google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError as err:
+        message = NO_CREDENTIALS_OR_EMULATOR.format(emulator_env=EMULATOR_ENV)
+        raise TaskClientError(f"{message} ({err})") from None
     email = getattr(credentials, "service_account_email", None)
     principal = (
         f"serviceAccount:{email}" if email and email != "default" else "the caller (application default credentials)"

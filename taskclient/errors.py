@@ -62,8 +62,8 @@ def explain(
         )
     elif isinstance(error, gexc.FailedPrecondition):
         message = (
-            f"queue {queue_path} does not accept tasks now (paused or disabled):"
-            f" `gcloud tasks queues describe` shows its state; `gcloud tasks queues resume` restarts it"
+            f"queue {queue_path} refused the task in its present state: `gcloud tasks queues describe` shows"
+            " that state. A pause is not the cause: a paused queue accepts tasks (they wait until it is resumed)"
         )
     elif isinstance(error, gexc.Unauthenticated):
         message = NO_CREDENTIALS
@@ -73,6 +73,11 @@ def explain(
 
 
 NO_CREDENTIALS = "no valid credentials: run `gcloud auth application-default login`, or set up workload identity"
+NO_CREDENTIALS_OR_EMULATOR = (
+    "no Google credentials found, and {emulator_env} is not set: for Cloud Tasks, run `gcloud auth"
+    " application-default login` (or use workload identity); for the local emulator, set"
+    " {emulator_env}=127.0.0.1:8123"
+)
 
 
 def status(error: gexc.GoogleAPICallError) -> tuple[str, str]:

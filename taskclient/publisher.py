@@ -164,8 +164,13 @@ class TaskPublisher:
             headers=headers,
             deadline=deadline,
         )
+        return self.create(request)[1]
+
+    def create(self, request: TaskRequest) -> tuple[Outcome, str]:
+        """Creates one task: CREATED, or DUPLICATE when a task of that name exists already (nothing new is
+        created then, and this request's payload is not enqueued), with the task's full name."""
         parent, task = self.build(request)
-        return self._create(parent, task)[1]
+        return self._create(parent, task)
 
     def publish_many(
         self,

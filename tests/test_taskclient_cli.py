@@ -88,8 +88,8 @@ def test_outputs_are_read_from_the_environment(
     ("argv", "message"),
     [
         (["send", "--json", "{nope"], "error: --json: not JSON"),
-        (["send", "--json", "{}", "--queue", "nope"], "error: queue: 'nope' is not one of the stack's queues"),
-        (["send", "--json", "{}", "--deadline", "1h"], "error: deadline: 3600s is outside 15s..1800s"),
+        (["send", "--json", "{}", "--queue", "nope"], "error: --queue: 'nope' is not one of the stack's queues"),
+        (["send", "--json", "{}", "--deadline", "1h"], "error: --deadline: 3600s is outside 15s..1800s"),
         (["send", "--json", "{}", "--header", "no-colon"], "error: --header 'no-colon': expected NAME:VALUE"),
         (["bulk", "--file", "/nonexistent.jsonl"], "error: --file /nonexistent.jsonl: No such file or directory"),
     ],
@@ -150,7 +150,7 @@ def test_bulk_rerun_with_a_dedupe_field_creates_nothing_twice(
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("created 50, duplicates 0, failed 0")
-    assert out[1].startswith("created 0, duplicates 50, failed 0")
+    assert out[1].startswith("created 0, duplicates 50 (already there, not sent again), failed 0")
     assert len(server.tasks()) == 50
 
 
