@@ -15,10 +15,16 @@ PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard contract/*.py components/*
 
 test: lint typecheck unit policy
 
+# Built whole or not at all: a venv left by a failed install (a package missing, a Python too old) is removed,
+# so the next `make` starts clean instead of tripping on it.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: Python 3.11 or newer is needed; $(PYTHON) is $$($(PYTHON) --version 2>&1 || echo 'not found')." \
+	    "Install one, then run: make PYTHON=python3.12 (or its path)" >&2; exit 2; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	{ $(PY) -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) && \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt; } || { rm -rf $(VENV); exit 1; }
 	touch $@
 
 lint: $(VENV)/.installed

@@ -146,3 +146,11 @@ def test_the_taskclient_example_runs_as_written(
     assert len(namespace["results"]) == 1000
     assert len(emulator.tasks()) == 1002
     assert namespace["name"].startswith(outputs["default_queue_path"] + "/tasks/")
+
+
+def test_the_readmes_commands_run_from_a_fresh_shell_in_the_repository() -> None:
+    """`make` builds ./venv; a fresh shell has no venv on its PATH, and its `python` lacks the packages. Every
+    command of the project's own modules is written with the venv's interpreter."""
+    commands = re.findall(r"(?<![\w/])(?:python3?) -m (?:taskclient|localcloud|handler)\b", README)
+    assert commands == []
+    assert "venv/bin/python -m taskclient" in README and "venv/bin/python -m localcloud" in README
