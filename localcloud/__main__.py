@@ -149,9 +149,14 @@ def run_resources(args: argparse.Namespace) -> int:
 
     try:
         run = evaluate(stack_config(args.stack), stack=args.stack)
-    except (LocalStackError, ProgramError) as error:
+    except LocalStackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ProgramError as error:
+        print(f"error: Pulumi.{args.stack}.yaml: {error}", file=sys.stderr)
+        return 2
+    for warning in run.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     json.dump(run.documents(), sys.stdout, indent=1, sort_keys=True, default=str)
     print()
     return 0

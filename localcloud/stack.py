@@ -30,7 +30,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from contract import cloud_tasks, handler_env
-from localcloud.program import PROJECT_DIR, ProgramRun, SimulatedGcp, evaluate
+from localcloud.program import PROJECT_DIR, PROJECT_NAME, ProgramError, ProgramRun, SimulatedGcp, evaluate
 
 QUEUE = "gcp:cloudtasks/queue:Queue"
 SERVICE = "gcp:cloudrunv2/service:Service"
@@ -76,14 +76,36 @@ def stack_config(stack: str) -> dict[str, str]:
     path = PROJECT_DIR / f"Pulumi.{stack}.yaml"
     if not path.exists():
         raise LocalStackError(f"no stack file {path.name}; create it with `pulumi stack init {stack}`")
-    document = yaml.safe_load(path.read_text()) or {}
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in document["config"].items()}
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark else path.name
+        raise LocalStackError(f"{where}: not YAML: {err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise LocalStackError(f"{path.name}: not YAML: {err}") from None
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise LocalStackError(f"{path.name}: no `config:` mapping")
+    # The Pulumi CLI namespaces every key; one without a namespace is a typo the program would never read.
+    for key in config:
+        if ":" not in str(key):
+            raise LocalStackError(
+                f"{path.name}: config key {key!r} has no namespace: write '{PROJECT_NAME}:{key}' (this project's"
+                " keys) or 'gcp:{key}' (the provider's)"
+            )
+    return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
 
 
 def plan(config: Mapping[str, str], stack: str, handler_port: int) -> LocalPlan:
     """Evaluates the program with the service at http://127.0.0.1:<handler_port> and reads what it declares."""
     url = f"http://127.0.0.1:{handler_port}"
-    run = evaluate(config, stack=stack, cloud=SimulatedGcp(service_url=lambda _: url))
+    try:
+        run = evaluate(config, stack=stack, cloud=SimulatedGcp(service_url=lambda _: url))
+    except ProgramError as err:
+        raise LocalStackError(f"Pulumi.{stack}.yaml: {err}") from None
+    for warning in run.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return LocalPlan(queues=tuple(_queues(run)), service=_service(run, url, handler_port), outputs=run.outputs)
 
 

@@ -38,7 +38,8 @@ def run_up(stack: str, outputs_path: Path, *, emulator_port: int = 0, handler_po
             f"  task handler (Cloud Run)  {local.plan.service.url}\n"
             f"  token signing certs       {local.certs_url}\n"
             f"  outputs                   {shown}  (the shape of `pulumi stack output --json`)\n"
-            f"try: {EMULATOR_ENV}={local.emulator_host} python -m taskclient send --outputs {shown} --json '{{}}'\n"
+            f"try: {EMULATOR_ENV}={local.emulator_host} {_python()} -m taskclient send --outputs {shown}"
+            " --json '{}'\n"
             "Ctrl-C stops it.",
             flush=True,
         )
@@ -48,3 +49,9 @@ def run_up(stack: str, outputs_path: Path, *, emulator_port: int = 0, handler_po
                 print(f"a local process exited with status {exited[0].returncode}; stopping", file=sys.stderr)
                 return 1
     return 0
+
+
+def _python() -> str:
+    """This interpreter as a command to paste into a shell here: the venv's, not a bare `python`."""
+    path = Path(sys.executable)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
