@@ -10,9 +10,11 @@ reaches the container; locally the handler does the same checks, against the emu
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -227,6 +229,11 @@ def running(
     environment the program declares for the service.
     """
     config = stack_config(stack)
+    _check_free(
+        (emulator_port, "the emulator's gRPC port", "--emulator-port"),
+        (http_port, "the token signing keys' port", "--http-port"),
+        (handler_port, "the task handler's port", "--handler-port"),
+    )
     handler_port = handler_port or free_port()
     local = plan(config, stack, handler_port)
     processes: list[subprocess.Popen[str]] = []
@@ -279,10 +286,43 @@ def _handler_env(service: ServicePlan, certs_url: str, emulator_host: str | None
     }
 
 
+def _check_free(*ports: tuple[int, str, str]) -> None:
+    """Each chosen port (0: any free one) can be listened on, or LocalStackError naming it and its flag."""
+    for port, what, flag in ports:
+        if not port:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise LocalStackError(
+                    f"port {port} ({what}) is in use, by another `localcloud up` perhaps: stop that, or choose"
+                    f" another with {flag}"
+                ) from None
+
+
+# Linux's prctl(PR_SET_PDEATHSIG, SIGTERM), looked up once here: a child the local stack starts gets SIGTERM
+# when its parent dies, even by SIGKILL, which leaves no chance to stop it. The child calls only this function
+# pointer between fork and exec.
+_PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start(command: list[str], env: Mapping[str, str], processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
     full_env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "PYTHONUNBUFFERED": "1", **env}
     process = subprocess.Popen(
-        command, env=full_env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        env=full_env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_die_with_parent,  # one libc call through a pointer resolved before the fork
     )
     processes.append(process)
     return process

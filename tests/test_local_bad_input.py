@@ -3,7 +3,11 @@ started (no emulator, no handler) when the config is refused; the program's warn
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import pytest
 import localcloud.stack
 from localcloud.__main__ import main
 from localcloud.program import PROJECT_DIR
+from localcloud.stack import free_port
 
 DEV = (PROJECT_DIR / "Pulumi.dev.yaml").read_text()
 
@@ -73,3 +78,53 @@ def test_the_programs_warnings_are_printed_before_the_local_stack_starts(
     assert main(["resources", "--stack", "warn"]) == 0
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "queues.emails.retry" in err
+
+
+# --- the processes of `localcloud up` ---------------------------------------------------------------------
+
+
+def test_a_port_in_use_names_the_port_and_the_flag_to_change_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = started_processes()
+        assert main(["up", "--emulator-port", str(port), "--handler-port", "0", "--http-port", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1] + "\n"
+    assert err == (
+        f"error: port {port} (the emulator's gRPC port) is in use, by another `localcloud up` perhaps:"
+        f" stop that, or choose another with --emulator-port\n"
+    )
+    assert started_processes() == before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited; only its entry waits to be reaped
+
+
+def test_the_emulator_and_handler_never_outlive_a_killed_localcloud_up(tmp_path: Path) -> None:
+    ports = [str(free_port()) for _ in range(3)]
+    flags = ["--emulator-port", ports[0], "--handler-port", ports[1], "--http-port", ports[2]]
+    command = [sys.executable, "-m", "localcloud", "up", "--outputs", str(tmp_path / "outputs.json"), *flags]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
+    up = subprocess.Popen(
+        command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert up.stdout is not None
+    for line in up.stdout:
+        if "is up" in line:
+            break
+    else:
+        pytest.fail(f"localcloud up ended with {up.wait()} before it was up")
+    children = [int(pid) for pid in subprocess.check_output(["ps", "-o", "pid=", "--ppid", str(up.pid)]).split()]
+    assert len(children) == 2  # the emulator and the handler
+    up.kill()
+    up.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in children if _alive(pid)] == []
