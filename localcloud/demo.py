@@ -14,9 +14,14 @@ import json
 import statistics
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
+from urllib.parse import urlsplit
+
+from rich.console import Console
 
 from contract.dead_letters import dead_letter_task_id
 from contract.outcomes import TaskOutcome
@@ -26,17 +31,21 @@ from localcloud.stack import running, write_outputs
 from taskclient.connection import connect
 from taskclient.dead_letter_cli import letters_table, output_console
 from taskclient.dead_letters import DeadLetters, LetterOutcome
+from taskclient.progress import progress_bar
 from taskclient.publisher import Outcome, PublishResult, TaskPublisher, TaskRequest
 
 # The handler's log outcome that ends a task -> how the summary counts it.
 TERMINAL = {TaskOutcome.DONE: "delivered", TaskOutcome.DEAD_LETTERED: "dead-lettered"}
 EMAIL_PATH = "/tasks/send-email"
+DEFAULT_PATH = "/tasks/default"
+OUTPUTS_FILE = "demo-outputs.json"  # its own: never the outputs.json of a running `localcloud up`
 ARRIVES_AFTER_S = 2.0  # the demo's replayed task fails for good until its record "arrives", this long after the start
 
 
 @dataclass(frozen=True)
 class DemoTask:
     request: TaskRequest
+    kind: str  # what the task is, for the summary: "succeeds", "fails, then succeeds", ...
     expect: str  # "delivered" or "dead-lettered"
     retries: bool  # expected to fail at least once first
     replay: bool = False  # the dead letter the demo replays once its cause has gone, expected delivered then
@@ -77,39 +86,58 @@ class Ledger:
                 fate.failed_attempts += 1
             self.changed.notify_all()
 
-    def wait_until_settled(self, keys: list[tuple[str, str]], timeout: float) -> None:
+    def wait_until_settled(
+        self, keys: list[tuple[str, str]], timeout: float, on_settled: Callable[[int], None] = lambda _: None
+    ) -> None:
+        """Until every task of `keys` has an outcome, or `timeout`; `on_settled(n)` for each n newly settled."""
         deadline = time.monotonic() + timeout
+        settled = 0
         with self.changed:
-            while any(self.fates[key].outcome is None for key in keys):
+            while True:
+                now_settled = sum(self.fates[key].outcome is not None for key in keys)
+                if now_settled > settled:
+                    on_settled(now_settled - settled)
+                    settled = now_settled
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if settled == len(keys) or remaining <= 0:
                     return
                 self.changed.wait(remaining)
 
 
-def workload(outputs: StackOutputs, arrives_at: float) -> list[DemoTask]:
-    """Tasks for every queue of the stack, chosen by the task type its path reaches. The first queue of the
-    default task type also gets the task to replay: refused for good until `arrives_at` (epoch seconds)."""
+def workload(outputs: StackOutputs, arrives_at: float) -> tuple[list[DemoTask], dict[str, str]]:
+    """Tasks for each queue whose path reaches one of the reference task types, and {queue key: path} of the
+    queues skipped, whose task type the demo does not know. The first queue of the default task type also gets
+    the task to replay: refused for good until `arrives_at` (epoch seconds)."""
     tasks: list[DemoTask] = []
+    skipped: dict[str, str] = {}
     for key, queue in outputs.queues.items():
-        if queue.task_url.endswith(EMAIL_PATH):
+        path = urlsplit(queue.task_url).path
+        if path == EMAIL_PATH:
             tasks += [
-                DemoTask(TaskRequest({"to": f"user{n}@example.com"}, queue=key), "delivered", False) for n in range(10)
+                DemoTask(TaskRequest({"to": f"user{n}@example.com"}, queue=key), "email", "delivered", False)
+                for n in range(10)
             ]
-            tasks += [DemoTask(TaskRequest({"to": "nobody"}, queue=key), "dead-lettered", False) for _ in range(3)]
-        else:
-            tasks += [DemoTask(TaskRequest({"n": n}, queue=key), "delivered", False) for n in range(100)]
             tasks += [
-                DemoTask(TaskRequest({"fail_attempts": 1 + n % 2}, queue=key), "delivered", True) for n in range(20)
+                DemoTask(TaskRequest({"to": "nobody"}, queue=key), "invalid email", "dead-lettered", False)
+                for _ in range(3)
+            ]
+        elif path == DEFAULT_PATH:
+            tasks += [DemoTask(TaskRequest({"n": n}, queue=key), "succeeds", "delivered", False) for n in range(100)]
+            tasks += [
+                DemoTask(
+                    TaskRequest({"fail_attempts": 1 + n % 2}, queue=key), "fails, then succeeds", "delivered", True
+                )
+                for n in range(20)
             ]
             first = not any(t.replay for t in tasks)
-            tasks += [
-                DemoTask(TaskRequest({"permanent": "demo: no such order"}, queue=key), "dead-lettered", False)
-            ] * (4 if first else 5)
+            permanent = TaskRequest({"permanent": "demo: no such order"}, queue=key)
+            tasks += [DemoTask(permanent, "fails for good", "dead-lettered", False)] * (4 if first else 5)
             if first:
                 request = TaskRequest({"order": "demo-42", "permanent_until": arrives_at}, queue=key)
-                tasks.append(DemoTask(request, "dead-lettered", False, replay=True))
-    return tasks
+                tasks.append(DemoTask(request, "fails until its record arrives", "dead-lettered", False, replay=True))
+        else:
+            skipped[key] = path
+    return tasks, skipped
 
 
 def _key(task_name: str) -> tuple[str, str]:
@@ -133,19 +161,28 @@ def run_demo(stack: str = "dev", timeout: float = 120.0, out: TextIO | None = No
     ledger = Ledger()
     log_path = workdir / "demo.log"
     with log_path.open("w") as log, running(stack, on_line=_Lines(log, ledger)) as local:
-        write_outputs(local.plan.outputs, workdir / "outputs.json")
+        write_outputs(local.plan.outputs, workdir / OUTPUTS_FILE)
         outputs = StackOutputs.from_mapping(local.plan.outputs)
         arrives_at = time.time() + ARRIVES_AFTER_S
-        tasks = workload(outputs, arrives_at)
+        tasks, skipped = workload(outputs, arrives_at)
         print(f"local stack up: emulator {local.emulator_host}, handler {local.plan.service.url}", file=out)
-        print(f"publishing {len(tasks)} tasks to {', '.join(outputs.queues)} ...", file=out)
+        for key, path in skipped.items():
+            print(f"skipping queue {key!r}: its tasks go to {path}, a task type the demo does not know", file=out)
+        sent_to = sorted({t.request.queue or "" for t in tasks})
+        print(f"publishing {len(tasks)} tasks to {', '.join(sent_to)} ...", file=out)
         results = _publish(outputs, local.emulator_host, tasks, ledger)
         keys = [_key(r.name) for r in results if r.name]
-        ledger.wait_until_settled(keys, timeout)
+        with progress_bar(Console(stderr=True), len(keys), "waiting for outcomes") as advance:
+
+            def settled(count: int) -> None:
+                for _ in range(count):
+                    advance()
+
+            ledger.wait_until_settled(keys, timeout, on_settled=settled)
         code = _summarise(tasks, results, ledger, out)
         with DeadLetters(outputs, connection=connect(local.emulator_host)) as dead_letters:
             code |= _work_dead_letters(dead_letters, tasks, results, ledger, arrives_at, timeout, out)
-    print(f"logs: {log_path.relative_to(PROJECT_DIR)}; outputs: .localcloud/outputs.json", file=out)
+    print(f"logs: {log_path.relative_to(PROJECT_DIR)}; outputs: .localcloud/{OUTPUTS_FILE}", file=out)
     return code
 
 
@@ -175,18 +212,23 @@ def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledg
     counts = {"published": 0, "delivered": 0, "retried": 0, "dead-lettered": 0, "lost": 0, "unexpected": 0}
     latencies: list[float] = []
     problems: list[str] = []
+    by_kind: dict[str, Counter[str]] = {}  # kind -> outcome (delivered, dead-lettered, lost) -> tasks
     for task, result in zip(tasks, results, strict=True):
+        tally = by_kind.setdefault(task.kind, Counter())
         if result.outcome is not Outcome.CREATED or not result.name:
             problems.append(f"not published: {result.error}")
             counts["lost"] += 1
+            tally["lost"] += 1
             continue
         counts["published"] += 1
         fate = ledger.fates[_key(result.name)]
         if fate.outcome is None:
             counts["lost"] += 1
+            tally["lost"] += 1
             problems.append(f"lost: {result.name} (no outcome in the handler log)")
             continue
         counts[fate.outcome] += 1
+        tally[fate.outcome] += 1
         counts["retried"] += fate.failed_attempts > 0
         latencies.append(fate.finished_at - fate.published_at)
         if fate.outcome != task.expect or (fate.failed_attempts > 0) != task.retries:
@@ -194,6 +236,11 @@ def _summarise(tasks: list[DemoTask], results: list[PublishResult], ledger: Ledg
             problems.append(f"unexpected: {result.name} ended {fate.outcome} after {fate.failed_attempts} failures")
     for problem in problems[:20]:
         print(f"  {problem}", file=out)
+    expected = {task.kind: task.expect for task in tasks}
+    width = max(map(len, by_kind), default=0)
+    for kind, outcomes in by_kind.items():
+        became = ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items()))
+        print(f"  {kind:<{width}}  {became}  (expected: {expected[kind]})", file=out)
     print(
         f"published {counts['published']}, delivered {counts['delivered']}, retried {counts['retried']},"
         f" dead-lettered {counts['dead-lettered']}, lost {counts['lost']}, unexpected {counts['unexpected']}",

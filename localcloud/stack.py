@@ -26,18 +26,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import grpc
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from contract import cloud_tasks, handler_env
+from contract.outputs import StackOutputs
 from localcloud.program import PROJECT_DIR, PROJECT_NAME, ProgramError, ProgramRun, SimulatedGcp, evaluate
 
 QUEUE = "gcp:cloudtasks/queue:Queue"
 SERVICE = "gcp:cloudrunv2/service:Service"
 SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
 RUN_INVOKER = "roles/run.invoker"
+DEFAULT_HANDLER = (sys.executable, "-m", "handler")  # the project's own handler, with its task types
 READY = re.compile(r"emulator ready grpc=(\S+) http=(\S+)")
 STARTUP_TIMEOUT_S = 60
 
@@ -220,7 +223,7 @@ def running(
     handler_port: int = 0,
     http_port: int = 0,
     on_line: Callable[[str, str], None] | None = None,
-    handler_command: Sequence[str] = (sys.executable, "-m", "handler"),
+    handler_command: Sequence[str] = DEFAULT_HANDLER,
 ) -> Iterator[RunningStack]:
     """Starts the emulator, the handler and the queues; stops everything on exit.
 
@@ -236,6 +239,9 @@ def running(
     )
     handler_port = handler_port or free_port()
     local = plan(config, stack, handler_port)
+    if tuple(handler_command) == DEFAULT_HANDLER:
+        for warning in unserved_queue_warnings(StackOutputs.from_mapping(local.outputs)):
+            print(f"warning: {warning}", file=sys.stderr)
     processes: list[subprocess.Popen[str]] = []
     stack_run = RunningStack(local, "", "", processes)
     try:
@@ -284,6 +290,23 @@ def _handler_env(service: ServicePlan, certs_url: str, emulator_host: str | None
         handler_env.PORT: str(service.port),
         **({cloud_tasks.EMULATOR_HOST_ENV: emulator_host} if emulator_host else {}),
     }
+
+
+def unserved_queue_warnings(outputs: StackOutputs) -> list[str]:
+    """A warning for each queue whose tasks go to a path where the project's handler has no task type: each of
+    them would be dead-lettered at its first attempt."""
+    from handler.task_types import router
+
+    warnings = []
+    for key, queue in outputs.queues.items():
+        path = urlsplit(queue.task_url).path
+        if router.get(path) is None:
+            warnings.append(
+                f"queue {key!r} sends its tasks to {path}, where the handler has no task type"
+                f" (it has {', '.join(router.paths)}): each would be dead-lettered. Add one in"
+                f" handler/task_types.py, or set queues.{key}.path"
+            )
+    return warnings
 
 
 def _check_free(*ports: tuple[int, str, str]) -> None:

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 import localcloud.stack
+from contract.outputs import StackOutputs
+from harness import dev_outputs
 from localcloud.__main__ import main
+from localcloud.demo import workload
 from localcloud.program import PROJECT_DIR
-from localcloud.stack import free_port
+from localcloud.stack import free_port, unserved_queue_warnings
 
 DEV = (PROJECT_DIR / "Pulumi.dev.yaml").read_text()
 
@@ -128,3 +131,26 @@ def test_the_emulator_and_handler_never_outlive_a_killed_localcloud_up(tmp_path:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [pid for pid in children if _alive(pid)] == []
+
+
+# --- queues whose path has no task type ---------------------------------------------------------------------
+
+
+def outputs_with_emails_at(path: str) -> StackOutputs:
+    document = dev_outputs()
+    queues = {key: dict(queue) for key, queue in document["queues"].items()}
+    queues["emails"]["task_url"] = document["service_url"] + path
+    return StackOutputs.from_mapping({**document, "queues": queues})
+
+
+def test_a_queue_whose_path_has_no_task_type_is_warned_of_at_start() -> None:
+    assert unserved_queue_warnings(outputs_with_emails_at("/tasks/send-email")) == []
+    (warning,) = unserved_queue_warnings(outputs_with_emails_at("/tasks/report"))
+    assert warning.startswith("queue 'emails' sends its tasks to /tasks/report, where the handler has no task type")
+    assert "/tasks/default, /tasks/send-email" in warning and "queues.emails.path" in warning
+
+
+def test_the_demo_sends_only_to_queues_whose_task_type_it_knows_and_names_the_others() -> None:
+    tasks, skipped = workload(outputs_with_emails_at("/tasks/report"), arrives_at=0)
+    assert skipped == {"emails": "/tasks/report"}
+    assert {task.request.queue for task in tasks} == {"default"}

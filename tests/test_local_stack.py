@@ -133,6 +133,9 @@ def test_cloud_run_iam_is_enforced_locally(
 
 
 def test_the_demo_delivers_everything_and_loses_nothing() -> None:
+    # The demo writes its own outputs file: a running `localcloud up`'s outputs.json is never overwritten.
+    up_outputs = PROJECT_DIR / ".localcloud" / "outputs.json"
+    before = up_outputs.read_bytes() if up_outputs.exists() else None
     done = subprocess.run(
         [sys.executable, "-m", "localcloud", "demo"],
         cwd=PROJECT_DIR,
@@ -151,8 +154,12 @@ def test_the_demo_delivers_everything_and_loses_nothing() -> None:
         r"^replayed tasks-dev-default-\w+_\d+ \(its record has arrived\) as \S+: delivered$", done.stdout, re.M
     )
     assert "7 dead letters left" in done.stdout
-    written = json.loads((PROJECT_DIR / ".localcloud" / "outputs.json").read_text())
+    # What became of each kind of task, against what was expected of it.
+    assert "  fails, then succeeds            delivered 20  (expected: delivered)" in done.stdout
+    assert "  invalid email                   dead-lettered 3  (expected: dead-lettered)" in done.stdout
+    written = json.loads((PROJECT_DIR / ".localcloud" / "demo-outputs.json").read_text())
     assert StackOutputs.from_mapping(written).service_url.startswith("http://127.0.0.1:")
+    assert (up_outputs.read_bytes() if up_outputs.exists() else None) == before
 
 
 def test_a_dead_letter_is_held_on_the_paused_dead_letter_queue_of_the_emulator(stack: Watched) -> None:
