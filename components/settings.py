@@ -299,8 +299,14 @@ class _Reader:
         return value
 
     def duration(self, key: str, default: str, low_s: float, high_s: float, rule: str = "") -> Duration:
-        raw = self.text(key, default)
         fallback = Duration(Decimal(default[:-1]))
+        given = self.value.get(key)
+        if isinstance(given, int | float) and not isinstance(given, bool):
+            self.problems.append(
+                f'{self._at(key)}: {given} is a number; a duration is a string with an "s" suffix: write "{given}s"'
+            )
+            return fallback
+        raw = self.text(key, default)
         if not _DURATION.fullmatch(raw):
             self.problems.append(
                 f"{self._at(key)}: {raw!r} is not a duration in Cloud Tasks form"

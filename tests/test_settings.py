@@ -269,7 +269,21 @@ REJECTED = [
             "empty": "",
         }.items()
     ],
-    case("duration-number", f"{RETRY}.minBackoff", "expected a string, got number 10", queues=retry(minBackoff=10)),
+    case(
+        "duration-number", f"{RETRY}.minBackoff", "10 is a number; a duration is a string", queues=retry(minBackoff=10)
+    ),
+    case(
+        "duration-a-bare-number-says-what-to-write",
+        "queues.default.dispatchDeadline",
+        'is a number; a duration is a string with an "s" suffix: write "120s"',
+        queues=queue(dispatchDeadline=120),
+    ),
+    case(
+        "duration-a-bare-decimal-says-what-to-write",
+        f"{RETRY}.minBackoff",
+        'write "0.5s"',
+        queues=retry(minBackoff=0.5),
+    ),
     case(
         "duration-trailing-newline",
         "queues.default.dispatchDeadline",
