@@ -267,10 +267,11 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) ->
         last = f"last line sent: {line_numbers[len(results) - 1]}" if results else "no line sent"
         rest = f"; not sent: lines {unsent[0]} to {unsent[-1]}" if unsent else ""
         print(f"interrupted: {summary}, not sent {len(unsent)} ({last}{rest})")
+        resume = f"tail -n +{unsent[0]} {args.file} | ... bulk --file - ..." if unsent and args.file != "-" else ""
         console.print(
-            "To resume without duplicates, run the same command again with --dedupe-field (or with task ids in"
-            " the lines): what was sent is found there and not sent twice. Without either, send only the lines"
-            " not sent: tail -n +LINE FILE | python -m taskclient bulk --file - ...",
+            "To resume without duplicates, run the same command again with --dedupe-field: what was sent is"
+            " found there and not sent twice."
+            + (f" Without it, send only the lines not sent: {resume}" if resume else ""),
             markup=False,
             highlight=False,
             soft_wrap=True,
