@@ -30,9 +30,23 @@ def stacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process, from /proc (no `ps` on a minimal machine)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # it ended while being read
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the fields after "(comm)": state, ppid, ...
+            found[int(entry.name)] = (parent, command)
+    return found
+
+
 def started_processes() -> list[str]:
-    done = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    return [line for line in done.stdout.splitlines() if "-m localcloud emulator" in line or "-m handler" in line]
+    return [c for _, c in processes().values() if "-m localcloud emulator" in c or "-m handler" in c]
 
 
 @pytest.mark.parametrize("command", ["up", "demo", "resources"])
@@ -123,7 +137,7 @@ def test_the_emulator_and_handler_never_outlive_a_killed_localcloud_up(tmp_path:
             break
     else:
         pytest.fail(f"localcloud up ended with {up.wait()} before it was up")
-    children = [int(pid) for pid in subprocess.check_output(["ps", "-o", "pid=", "--ppid", str(up.pid)]).split()]
+    children = [pid for pid, (parent, _) in processes().items() if parent == up.pid]
     assert len(children) == 2  # the emulator and the handler
     up.kill()
     up.wait(timeout=10)
