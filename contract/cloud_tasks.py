@@ -61,6 +61,7 @@ EMULATOR_HOST_ENV: Final = "CLOUD_TASKS_EMULATOR_HOST"
 
 # --- names (queue.py Queue.name, task.py Task.name) --------------------------------------------------
 MAX_QUEUE_ID_LENGTH: Final = 100
+MAX_TASK_ID_LENGTH: Final = 500
 QUEUE_ID: Final = re.compile(r"[A-Za-z0-9-]{1,100}")
 TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,500}")
 # A deleted queue's id stays blocked: the quotas page says 7 days, the DeleteQueue docstring "up to 3 days".

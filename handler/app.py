@@ -5,7 +5,10 @@
 429   retry later (RetryLater, or another copy of the task is running now), with Retry-After
 500   a retryable failure: Cloud Tasks retries with the queue's backoff
 503   the handler cannot check tokens right now (certs unavailable): retried
-400   not a Cloud Tasks request (no X-CloudTasks-* headers); 401/403: token refused
+400   not a Cloud Tasks request (no X-CloudTasks-* headers, or headers Cloud Tasks never sends); 401/403: token
+      refused
+408   the body did not arrive within the body timeout (handler.limits), and the connection is closed
+431   (from the server, before the app: handler.limits) a request head over the bound
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -27,13 +31,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from contract.cloud_tasks import MAX_TASK_BYTES, UNLIMITED_ATTEMPTS
+from contract.cloud_tasks import DEFAULT_MAX_BACKOFF_S, MAX_TASK_BYTES, UNLIMITED_ATTEMPTS
 from contract.dead_letters import producer_headers
 from contract.outcomes import TaskOutcome
 from contract.retry import RetryPolicy
 from handler.dead_letters import CloudTasksDeadLetters, DeadLetter, DeadLetterSink, LogDeadLetters, dead_letter
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, IdempotencyStore, MemoryStore, RedisStore, lease_seconds
+from handler.limits import BODY_TIMEOUT_S
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
 from handler.tasks import BodyKind, Finality, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
@@ -41,6 +46,10 @@ from handler.tasks import BodyKind, Finality, MalformedHeaders, PermanentError, 
 MAX_BODY_BYTES = MAX_TASK_BYTES  # anything bigger did not come from Cloud Tasks intact
 IN_PROGRESS_RETRY_AFTER_S = 30
 CERTS_RETRY_AFTER_S = 5
+# RetryLater's wait goes out as Retry-After, at most an hour: Cloud Tasks' default max_backoff, the longest its own
+# schedule waits. A wait that is no number at all (or NaN) says nothing: it gets a middle one.
+MAX_RETRY_AFTER_S = DEFAULT_MAX_BACKOFF_S
+UNREADABLE_RETRY_AFTER_S = 30
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,11 @@ class Reply:
         headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else {}
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="task handler"'
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        if self.status == 408:
+            headers["Connection"] = "close"  # what a trickling caller sends next is not read
+        # ASCII JSON: a reason quoting a work function's message may hold a lone surrogate, which UTF-8 cannot encode.
+        content = json.dumps(body, separators=(",", ":"))
+        return Response(content, status_code=self.status, headers=headers, media_type="application/json")
 
 
 class TaskService:
@@ -69,6 +82,7 @@ class TaskService:
         dead_letters: DeadLetterSink,
         verifier: TokenVerifier | None,
         log: JsonLog,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self._router = router
         self._settings = settings
@@ -76,6 +90,7 @@ class TaskService:
         self._dead_letters = dead_letters
         self._verifier = verifier
         self._log = log
+        self._body_timeout = body_timeout_s
         if verifier is not None and not settings.oidc_audience:
             # Never the request's Host or X-Forwarded-Proto: a caller writes those.
             raise ValueError("token checks need settings.oidc_audience, the service's URL")
@@ -123,6 +138,11 @@ class TaskService:
         return None
 
     async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
+        # Read before the claim: a body that trickles in holds no claim, so a retry of the task meanwhile runs.
+        try:
+            body = await _body(request, self._body_timeout)
+        except TimeoutError:
+            return Reply(408, TaskOutcome.REJECTED, f"the body did not arrive within {self._body_timeout:g}s")
         key = f"{context.queue}/{context.task}"
         owner = secrets.token_hex(8)  # this attempt's: its release never ends a later attempt's claim
         claim = await self._store.claim(key, owner)
@@ -135,9 +155,9 @@ class TaskService:
                 429, TaskOutcome.IN_PROGRESS, "another copy of this task is running", IN_PROGRESS_RETRY_AFTER_S
             )
             why = "an earlier attempt of this task is still running; if it fails, no retry will come"
-            return await self._failed(request, path, await _body(request), context, reply, why)
+            return await self._failed(request, path, body, context, reply, why)
         try:
-            reply = await self._run(request, path, await _body(request), context)
+            reply = await self._run(request, path, body, context)
         except BaseException:
             # Whatever went wrong (a client that hung up, a bug), the claim must not outlive the request:
             # held, it would answer every retry "in progress" until Cloud Tasks gives up on the task.
@@ -176,13 +196,32 @@ class TaskService:
                 # be cancelled: it keeps the claim until it ends (a final attempt meanwhile is recorded).
                 await run_in_threadpool(function, payload, context)
         except PermanentError as err:
-            return await self._dead_letter(request, path, body, context, f"permanent failure: {err}")
+            return await self._dead_letter(request, path, body, context, f"permanent failure: {_message(err)}")
         except RetryLater as err:
-            reply = Reply(429, TaskOutcome.RETRY, str(err), err.after_seconds)
-            return await self._failed(request, path, body, context, reply, f"retry later: {err}")
+            reply = Reply(429, TaskOutcome.RETRY, _message(err), self._retry_after(err.after_seconds, context))
+            return await self._failed(request, path, body, context, reply, f"retry later: {_message(err)}")
         except Exception as err:
             return await self._failed(request, path, body, context, Reply(500, TaskOutcome.FAILED, _describe(err)))
         return Reply(200, TaskOutcome.DONE)
+
+    def _retry_after(self, asked: object, context: TaskContext) -> float | None:
+        """RetryLater's wait as the reply's Retry-After: one out of bounds, or no number, is replaced and logged."""
+        if asked is None:
+            return None
+        if isinstance(asked, bool) or not isinstance(asked, int | float) or math.isnan(asked):
+            wait: float = UNREADABLE_RETRY_AFTER_S
+        elif 0 <= asked <= MAX_RETRY_AFTER_S:
+            return asked
+        else:
+            wait = min(max(asked, 1), MAX_RETRY_AFTER_S)
+        self._log.emit(
+            "WARNING",
+            f"RetryLater(after_seconds={asked!r}) is not a wait from 0 to {MAX_RETRY_AFTER_S:g} seconds:"
+            f" Retry-After {wait:g}",
+            queue=context.queue,
+            task=context.task,
+        )
+        return wait
 
     async def _failed(
         self, request: Request, path: str, body: bytes | None, context: TaskContext, reply: Reply, why: str = ""
@@ -287,19 +326,30 @@ def _duration_unknown(context: TaskContext) -> str:
 
 
 def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {_message(err)}"
 
 
-async def _body(request: Request) -> bytes | None:
-    """The body, or None when it is over the limit (read no further than the limit)."""
+def _message(err: BaseException) -> str:
+    try:
+        return str(err)
+    except Exception:  # a work function's exception whose __str__ fails: the answer must not
+        return f"(its message cannot be read: {type(err).__name__}.__str__ failed)"
+
+
+async def _body(request: Request, timeout_s: float) -> bytes | None:
+    """The body, or None when it is over the limit; TimeoutError when it has not all arrived within `timeout_s`.
+    Past the limit the rest is read and dropped, never held: the caller then reads the answer rather than a reset
+    connection, and the connection carries the next request."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    async with asyncio.timeout(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+            elif chunks:
+                chunks.clear()
+    return b"".join(chunks) if size <= MAX_BODY_BYTES else None
 
 
 async def health(_: Request) -> Response:
@@ -314,10 +364,12 @@ def create_app(
     dead_letters: DeadLetterSink | None = None,
     verifier: TokenVerifier | None = None,
     log: JsonLog | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> Starlette:
     """The ASGI app. Defaults: idempotency in Redis when `settings.redis_url`, else in memory; dead letters to
     `settings.dead_letter_queue` when set, else to the log; token checks only when `settings.verify_oidc`
-    (then against `settings.certs_url`, accepting `settings.invoker_emails`)."""
+    (then against `settings.certs_url`, accepting `settings.invoker_emails`); a body must arrive within
+    `body_timeout_s`."""
     log = log or JsonLog(project=settings.project)
     if verifier is None and settings.verify_oidc:
         verifier = TokenVerifier(allowed_emails=settings.invoker_emails, certs_url=settings.certs_url)
@@ -327,7 +379,7 @@ def create_app(
     owned_sink = None
     if dead_letters is None:
         dead_letters = owned_sink = _dead_letter_sink(settings, log)
-    service = TaskService(router, settings, store, dead_letters, verifier, log)
+    service = TaskService(router, settings, store, dead_letters, verifier, log, body_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

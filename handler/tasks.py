@@ -109,13 +109,15 @@ class TaskContext:
         task = headers.get(_TASK_NAME, "")
         if not queue or not task:
             raise MalformedHeaders(f"missing {cloud_tasks.HEADER_QUEUE_NAME} or {cloud_tasks.HEADER_TASK_NAME}")
+        _check_length(cloud_tasks.HEADER_QUEUE_NAME, queue, cloud_tasks.MAX_QUEUE_ID_LENGTH, "queue id")
+        _check_length(cloud_tasks.HEADER_TASK_NAME, task, cloud_tasks.MAX_TASK_ID_LENGTH, "task id")
         return cls(
             queue=queue,
             task=task,
             retry_count=_count(headers, _RETRY_COUNT),
             execution_count=_count(headers, _EXECUTION_COUNT),
             eta=_eta(headers.get(_ETA)),
-            previous_response=_optional_int(headers.get(_PREVIOUS_RESPONSE)),
+            previous_response=_decimal(headers.get(_PREVIOUS_RESPONSE)),
             retry_reason=headers.get(_RETRY_REASON) or None,
             retry=retry_of(queue),
             trace=headers.get("x-cloud-trace-context"),
@@ -123,18 +125,26 @@ class TaskContext:
         )
 
 
+def _check_length(header: str, value: str, limit: int, what: str) -> None:
+    """Cloud Tasks never sends a longer id; the handler keeps none (an idempotency key, a log field) either."""
+    if len(value) > limit:
+        raise MalformedHeaders(f"{header}: {len(value)} characters, over the {limit} of a Cloud Tasks {what}")
+
+
 def _count(headers: Mapping[str, str], name: str) -> int:
-    value = _optional_int(headers.get(name, "0"))
-    if value is None or value < 0:
+    value = _decimal(headers.get(name, "0"))
+    if value is None:
         raise MalformedHeaders(f"{name}: {headers.get(name)!r} is not a count")
     return value
 
 
-def _optional_int(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
+def _decimal(text: str | None) -> int | None:
+    """A number as Cloud Tasks writes one: ASCII digits only, at most an int32 (its counts' type); else None.
+    int() alone would also take "1_0", "+1", " 1" and other scripts' digits (U+0661, Arabic-Indic one)."""
+    if not text or len(text) > len(str(cloud_tasks.MAX_INT32)) or not (text.isascii() and text.isdigit()):
         return None
+    value = int(text)
+    return value if value <= cloud_tasks.MAX_INT32 else None
 
 
 def _not_before(text: str | None) -> float | None:
