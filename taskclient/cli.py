@@ -66,10 +66,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None) -> 
             dead_letter_cli.check(args)
             return dead_letter_cli.run(args, _outputs(args.outputs, stdin))
         document = _outputs(args.outputs, stdin)
+        # The input file is read (and refused, when it is wrong) before any connection or credential is needed.
+        lines = _bulk_lines(args, stdin) if args.command == "bulk" else []
         with TaskPublisher.from_mapping(document) as publisher:
             if args.command == "send":
                 return _send(publisher, args, stdin)
-            return _bulk(publisher, args, stdin)
+            return _bulk(publisher, args, lines)
     except PublishError as err:  # Cloud Tasks refused or failed the call
         print(f"error: {in_flags(str(err))}", file=sys.stderr)
         return 1
@@ -206,13 +208,17 @@ def _header_map(values: list[str]) -> dict[str, str]:
     return headers
 
 
-def _bulk(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) -> int:
+def _bulk_lines(args: argparse.Namespace, stdin: IO[str]) -> list[tuple[int, str]]:
     if args.file == "-" and args.outputs == "-":
         raise UsageError("--file - and --outputs - cannot both read standard input")
+    return _lines(args.file, stdin)
+
+
+def _bulk(publisher: TaskPublisher, args: argparse.Namespace, lines: list[tuple[int, str]]) -> int:
     line_numbers: list[int] = []
     requests: list[TaskRequest] = []
     failures: list[tuple[int, str]] = []  # (line number, reason): a bad line is reported, never dropped
-    for number, text in _lines(args.file, stdin):
+    for number, text in lines:
         try:
             request = _bulk_request(json.loads(text), args)
         except (ValueError, UsageError) as err:

@@ -196,3 +196,13 @@ def test_failed_precondition_does_not_blame_a_paused_queue_which_accepts_tasks()
     )
     assert "paused or disabled" not in str(error) and "queues resume" not in str(error)
     assert "A pause is not the cause: a paused queue accepts tasks (they wait until it is resumed)" in str(error)
+
+
+def test_a_bulk_file_mistake_is_reported_before_credentials_are_looked_for(
+    outputs_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(outputs_file.parent / "missing.json"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    assert main(["bulk", "--outputs", str(outputs_file), "--file", "/nonexistent.jsonl"]) == 2
+    assert capsys.readouterr().err == "error: --file /nonexistent.jsonl: No such file or directory\n"
