@@ -160,6 +160,7 @@ def _queue_entry_for_handler(q: QueueSettings) -> handler_env.QueueEntry:
         min_backoff_seconds=policy.min_backoff,
         max_backoff_seconds=policy.max_backoff,
         max_doublings=policy.max_doublings,
+        path=q.path,
     )
 
 

@@ -64,6 +64,8 @@ class QueueTableField:
     MIN_BACKOFF_SECONDS: Final = "minBackoffSeconds"
     MAX_BACKOFF_SECONDS: Final = "maxBackoffSeconds"
     MAX_DOUBLINGS: Final = "maxDoublings"
+    # The URL path the queue's tasks go to: the handler warns at start when it has no task type there.
+    PATH: Final = "path"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class QueueEntry:
     min_backoff_seconds: float = DEFAULT_MIN_BACKOFF_S
     max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_S
     max_doublings: int = DEFAULT_MAX_DOUBLINGS
+    path: str | None = None  # None: not given (a stack older than its handler image)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -109,6 +112,7 @@ def encode_queue_table(entries: Mapping[str, QueueEntry]) -> str:
                     if entry.dispatch_deadline_seconds is not None
                     else {}
                 ),
+                **({QueueTableField.PATH: entry.path} if entry.path is not None else {}),
             }
             for queue_id, entry in entries.items()
         },
@@ -128,7 +132,8 @@ def decode_queue_table(text: str) -> dict[str, QueueEntry]:
             f'{QUEUES}: expected {{"<queue id>": {{"{QueueTableField.KEY}": str, "{QueueTableField.MAX_ATTEMPTS}": int,'
             f' "{QueueTableField.DISPATCH_DEADLINE_SECONDS}": number, and optionally'
             f" {QueueTableField.MAX_RETRY_DURATION_SECONDS}, {QueueTableField.MIN_BACKOFF_SECONDS},"
-            f" {QueueTableField.MAX_BACKOFF_SECONDS} (numbers), {QueueTableField.MAX_DOUBLINGS} (int)}}}},"
+            f" {QueueTableField.MAX_BACKOFF_SECONDS} (numbers), {QueueTableField.MAX_DOUBLINGS} (int),"
+            f" {QueueTableField.PATH} (a URL path)}}}},"
             f" got {text[:200]!r} ({err})"
         ) from None
 
@@ -155,6 +160,9 @@ def _entry(raw: Any) -> QueueEntry:
     doublings = raw.get(QueueTableField.MAX_DOUBLINGS, DEFAULT_MAX_DOUBLINGS)
     if isinstance(doublings, bool) or not isinstance(doublings, int) or doublings < 0:
         raise ValueError(f"{QueueTableField.MAX_DOUBLINGS} {doublings!r} is not a whole number of at least 0")
+    path = raw.get(QueueTableField.PATH)
+    if path is not None and not (isinstance(path, str) and path.startswith("/")):
+        raise ValueError(f"{QueueTableField.PATH} {path!r} is not a URL path (starts with '/')")
     return QueueEntry(
         key=str(raw[QueueTableField.KEY]),
         max_attempts=attempts,
@@ -163,6 +171,7 @@ def _entry(raw: Any) -> QueueEntry:
         min_backoff_seconds=float(min_backoff),
         max_backoff_seconds=float(max_backoff),
         max_doublings=doublings,
+        path=path,
     )
 
 

@@ -16,4 +16,4 @@ class TaskOutcome(StrEnum):
     IN_PROGRESS = "in-progress"  # another copy is running now (429 with Retry-After)
     FAILED = "failed"  # a retryable failure (500), or tokens cannot be checked now (503)
     REFUSED = "refused"  # the token was refused (401 or 403)
-    REJECTED = "rejected"  # not a Cloud Tasks request (400)
+    REJECTED = "rejected"  # not a request Cloud Tasks sends (400; 408 for a late body, 431 for a huge head)

@@ -380,6 +380,10 @@ def create_app(
     if dead_letters is None:
         dead_letters = owned_sink = _dead_letter_sink(settings, log)
     service = TaskService(router, settings, store, dead_letters, verifier, log, body_timeout_s)
+    for queue_id, entry in settings.queues.items():
+        warning = entry.path and router.no_task_type_warning(entry.key, entry.path)
+        if warning:
+            log.emit("WARNING", warning, queue=queue_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -202,3 +202,14 @@ class TaskRouter:
     @property
     def paths(self) -> list[str]:
         return sorted(self._types)
+
+    def no_task_type_warning(self, queue_key: str, path: str) -> str | None:
+        """What to tell the operator of a queue whose tasks go to `path` when no task type is there: each of
+        them would be dead-lettered at its first attempt. None when one is."""
+        if path in self._types:
+            return None
+        return (
+            f"queue {queue_key!r} sends its tasks to {path}, where the handler has no task type"
+            f" (it has {', '.join(self.paths) or 'none'}): each would be dead-lettered. Add one in"
+            f" handler/task_types.py, or set queues.{queue_key}.path"
+        )

@@ -297,16 +297,9 @@ def unserved_queue_warnings(outputs: StackOutputs) -> list[str]:
     them would be dead-lettered at its first attempt."""
     from handler.task_types import router
 
-    warnings = []
-    for key, queue in outputs.queues.items():
-        path = urlsplit(queue.task_url).path
-        if router.get(path) is None:
-            warnings.append(
-                f"queue {key!r} sends its tasks to {path}, where the handler has no task type"
-                f" (it has {', '.join(router.paths)}): each would be dead-lettered. Add one in"
-                f" handler/task_types.py, or set queues.{key}.path"
-            )
-    return warnings
+    paths = {key: urlsplit(queue.task_url).path for key, queue in outputs.queues.items()}
+    warnings = (router.no_task_type_warning(key, path) for key, path in paths.items())
+    return [warning for warning in warnings if warning]
 
 
 def _check_free(*ports: tuple[int, str, str]) -> None:

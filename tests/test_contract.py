@@ -38,6 +38,15 @@ def test_the_queue_table_reads_back_what_the_stack_writes() -> None:
     assert table["tasks-dev-default-a1b2c3"].retry == RetryPolicy(5, 3600.0, 1.0, 60.0, 4)
 
 
+def test_the_table_carries_each_queues_task_path_so_the_handler_can_check_it_serves_it() -> None:
+    table = {"q": QueueEntry("emails", max_attempts=5, path="/tasks/send-email")}
+    assert json.loads(encode_queue_table(table))["q"]["path"] == "/tasks/send-email"
+    assert decode_queue_table(encode_queue_table(table)) == table
+    # A table from a stack older than its handler image has no paths: nothing to check, nothing refused.
+    (entry,) = decode_queue_table('{"q": {"key": "k", "maxAttempts": 5}}').values()
+    assert entry.path is None
+
+
 def test_a_table_without_the_retry_settings_reads_as_cloud_tasks_defaults() -> None:
     # What a handler image newer than its stack reads: the limits Cloud Tasks applies when none are set.
     (entry,) = decode_queue_table('{"q": {"key": "k", "maxAttempts": 5}}').values()
@@ -58,6 +67,8 @@ def test_a_table_without_the_retry_settings_reads_as_cloud_tasks_defaults() -> N
         '{"q": {"key": "k", "maxAttempts": 5, "maxRetryDurationSeconds": -1}}',
         '{"q": {"key": "k", "maxAttempts": 5, "minBackoffSeconds": 0}}',
         '{"q": {"key": "k", "maxAttempts": 5, "maxDoublings": 1.5}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "path": 7}}',
+        '{"q": {"key": "k", "maxAttempts": 5, "path": "tasks/x"}}',
     ],
 )
 def test_a_table_of_another_shape_is_refused_naming_the_variable(text: str) -> None:

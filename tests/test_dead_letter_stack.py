@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -145,6 +146,14 @@ def test_the_handler_is_told_the_dead_letter_queue_and_not_to_serve_it(dev: Prog
     table = handler_env.decode_queue_table(values[handler_env.QUEUES])
     assert dead_letter_queue(dev).outputs["name"] not in table
     assert sorted(entry.key for entry in table.values()) == ["default", "emails"]
+
+
+def test_the_handler_is_told_each_queues_path_to_check_it_has_a_task_type_there(dev: ProgramRun) -> None:
+    table = handler_env.decode_queue_table(env(dev)[handler_env.QUEUES])
+    paths = {entry.key: entry.path for entry in table.values()}
+    urls = {key: queue["task_url"] for key, queue in dev.outputs[OutputName.QUEUES].items()}
+    assert paths == {key: urlsplit(url).path for key, url in urls.items()}
+    assert paths["emails"] == "/tasks/send-email"
 
 
 def test_the_handler_gets_each_queues_whole_retry_policy(prod: ProgramRun) -> None:

@@ -320,3 +320,24 @@ def test_token_checks_without_an_audience_are_refused_when_the_app_is_built() ->
     verifier = TokenVerifier(allowed_emails={"invoker@p.iam.gserviceaccount.com"}, certs_url="http://127.0.0.1:9/certs")
     with pytest.raises(ValueError, match="oidc_audience"):
         create_app(TaskRouter(), SETTINGS, verifier=verifier)
+
+
+def test_a_queue_sending_to_a_path_without_a_task_type_is_a_warning_when_the_handler_starts(log: io.StringIO) -> None:
+    # Cloud Run logs it as the revision starts, at `pulumi up`, not at the first task's dead letter.
+    settings = HandlerSettings(
+        queues={
+            QUEUE: QueueEntry("default", max_attempts=3, path="/tasks/ok"),
+            "tasks-dev-reports-1": QueueEntry("reports", max_attempts=3, path="/tasks/report"),
+            "tasks-dev-old-2": QueueEntry("old", max_attempts=3),  # a stack older than its image: not known
+        },
+        invoker_emails=frozenset(),
+    )
+    with TestClient(create_app(router, settings, log=JsonLog(log))):
+        pass
+    (warning,) = [entry for entry in log_entries(log) if entry["severity"] == "WARNING"]
+    assert warning["queue"] == "tasks-dev-reports-1"
+    assert warning["message"].startswith(
+        "queue 'reports' sends its tasks to /tasks/report, where the handler has no task type"
+        " (it has /tasks/blocking, /tasks/boom"
+    )
+    assert "each would be dead-lettered" in warning["message"]

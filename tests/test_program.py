@@ -129,6 +129,7 @@ def test_service_env_tells_the_handler_each_queue_retry_policy_and_its_invoker(d
             "minBackoffSeconds": 1.0,
             "maxBackoffSeconds": 60.0,
             "maxDoublings": 3,
+            "path": "/tasks/default",
         },
         queues["emails"]["id"]: {
             "key": "emails",
@@ -138,6 +139,7 @@ def test_service_env_tells_the_handler_each_queue_retry_policy_and_its_invoker(d
             "minBackoffSeconds": 0.1,
             "maxBackoffSeconds": 3600.0,
             "maxDoublings": 16,
+            "path": "/tasks/send-email",
         },
     }
     assert env[handler_env.INVOKER_EMAILS] == invoker_account(dev).outputs["email"]
