@@ -33,7 +33,7 @@ from localcloud.emulator.errors import (
     invalid_argument,
 )
 from localcloud.emulator.names import check_location, check_queue_name, check_task_name, generated_task_id
-from localcloud.emulator.state import EmulatorState, QueueRecord, TaskRecord, page_of, task_view
+from localcloud.emulator.state import EmulatorState, Ending, QueueRecord, TaskRecord, page_of, task_view
 from localcloud.emulator.taskspec import parse_task
 
 __all__ = ["CloudTasksCore", "CloudTasksError"]
@@ -271,7 +271,7 @@ class CloudTasksCore:
         now = self.clock.now()
         with self._state.lock:
             queue, record = self._task(request.name, now)
-            self._state.drop_task(queue, record, now)
+            self._state.drop_task(queue, record, now, Ending.DELETED)
 
     def run_task(self, request: tasks_v2.RunTaskRequest) -> tasks_v2.Task:
         """Dispatch now, even if the queue is PAUSED or rate-limited; returns the task as dispatched."""

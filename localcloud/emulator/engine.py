@@ -29,7 +29,7 @@ from localcloud.emulator.clock import epoch_micros
 from localcloud.emulator.config import QueueSettings
 from localcloud.emulator.names import short_id
 from localcloud.emulator.routing import OAuthAuth, OidcAuth, OutgoingRequest, route
-from localcloud.emulator.state import AttemptLog, EmulatorState, QueueRecord, TaskRecord
+from localcloud.emulator.state import AttemptLog, EmulatorState, Ending, QueueRecord, TaskRecord
 
 __all__ = ["Attempt", "DispatchEngine", "TokenMinter", "cloud_tasks_headers"]
 
@@ -151,7 +151,7 @@ class DispatchEngine:
                 return  # deleted or purged while in flight
             self._record_outcome(record, attempt, status, now)
             if status is not None and 200 <= status < 300:
-                self._state.drop_task(queue, record, now)
+                self._state.drop_task(queue, record, now, Ending.SUCCEEDED)
             else:
                 self._retry_or_drop(queue, record, attempt, now)
 
@@ -193,7 +193,8 @@ class DispatchEngine:
             heapq.heappop(queue.heap)
             record = head[1]
             if now - record.created >= limits.TASK_RETENTION_S:
-                self._state.drop_task(queue, record, now)  # "After a task is 31 days old, the task will be deleted"
+                # "After a task is 31 days old, the task will be deleted"
+                self._state.drop_task(queue, record, now, Ending.EXPIRED)
                 continue
             queue.tat = max(queue.tat, now) + 1.0 / queue.settings.rate
             taken.append(self._start(queue, record, now, forced=False))
@@ -219,6 +220,7 @@ class DispatchEngine:
         record.dispatch_count += 1
         record.running += 1
         queue.running += 1
+        queue.dispatched += 1
         if record.first_dispatch is None:
             record.first_dispatch = now
         record.last_attempt = AttemptLog(schedule=record.schedule, dispatch=now)
@@ -243,6 +245,7 @@ class DispatchEngine:
     def _record_outcome(self, record: TaskRecord, attempt: Attempt, status: int | None, now: float) -> None:
         record.running -= 1
         record.last_attempt = AttemptLog(attempt.schedule_time, attempt.dispatch_time, now, status)
+        record.history.append(record.last_attempt)
         record.previous_response = 504 if status is None else status
         if status is not None:
             record.response_count += 1
@@ -255,7 +258,7 @@ class DispatchEngine:
         if not retry_allowed(
             policy, attempts=record.dispatch_count, first_dispatch=first, created=record.created, failed_at=now
         ):
-            self._state.drop_task(queue, record, now)  # permanently failed
+            self._state.drop_task(queue, record, now, Ending.FAILED)
             return
         base = attempt.dispatch_time if attempt.forced else now
         record.schedule = base + backoff_delay(policy, record.dispatch_count)

@@ -23,8 +23,11 @@ from localcloud.emulator.errors import invalid_argument
 from localcloud.emulator.taskspec import TaskSpec
 
 __all__ = [
+    "HISTORY_LIMIT",
     "AttemptLog",
     "EmulatorState",
+    "Ending",
+    "FinishedTask",
     "QueueRecord",
     "TaskRecord",
     "Tombstones",
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+HISTORY_LIMIT = 100  # attempts kept per task
+FINISHED_LIMIT = 1000  # finished tasks kept across queues (each holds its body: bounded by count)
 _BASIC = int(tasks_v2.Task.View.BASIC)
 _FULL = int(tasks_v2.Task.View.FULL)
 
@@ -64,6 +69,28 @@ class TaskRecord:
     previous_response: int | None = None  # X-CloudTasks-TaskPreviousResponse (504 after no response)
     running: int = 0  # attempts in flight (RunTask can add one to a running task)
     version: int = 0  # bumped on every (re)queueing: older heap entries of this task are stale
+    # The task's finished attempts, oldest first, the last HISTORY_LIMIT of them: its timeline in the console.
+    history: deque[AttemptLog] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+
+
+class Ending:
+    """Why a task left its queue."""
+
+    SUCCEEDED = "succeeded"  # a 2xx answer
+    FAILED = "failed"  # its last attempt failed and retrying is over
+    DELETED = "deleted"  # DeleteTask
+    PURGED = "purged"  # PurgeQueue or DeleteQueue
+    EXPIRED = "expired"  # 31 days old (Cloud Tasks' retention)
+
+
+@dataclass(frozen=True, eq=False)
+class FinishedTask:
+    """A task that has left its queue, kept a while so that one can look at what became of it."""
+
+    queue_name: str
+    record: TaskRecord
+    ending: str  # an Ending
+    at: float
 
 
 @dataclass(eq=False)
@@ -78,6 +105,7 @@ class QueueRecord:
     # computed from the same expression exactly consistent with the check, whatever the float rounding.
     tat: float
     running: int = 0  # attempts in flight, counted against max_concurrent_dispatches
+    dispatched: int = 0  # attempts started since the queue was created here (the console's dispatch rate)
     tasks: dict[str, TaskRecord] = field(default_factory=dict)  # insertion order = creation order
     heap: list[tuple[float, int, int, str]] = field(default_factory=list)  # (schedule, task seq, version, name)
 
@@ -127,26 +155,30 @@ class EmulatorState:
         self.queues: dict[str, QueueRecord] = {}  # insertion order = creation order
         self.task_tombstones = Tombstones(task_tombstone_ttl)
         self.queue_tombstones = Tombstones(queue_tombstone_ttl)
+        self.finished: deque[FinishedTask] = deque(maxlen=FINISHED_LIMIT)  # oldest first
         self._seq = itertools.count(1)
 
     def next_seq(self) -> int:
         return next(self._seq)
 
-    def drop_task(self, queue: QueueRecord, record: TaskRecord, now: float) -> None:
-        """Remove a deleted, purged, completed or permanently failed task; its name stays reserved a while."""
+    def drop_task(self, queue: QueueRecord, record: TaskRecord, now: float, ending: str) -> None:
+        """Remove a deleted, purged, completed or permanently failed task (`ending`, an Ending); its name stays
+        reserved a while, and it is kept among the finished tasks."""
         if queue.tasks.get(record.name) is record:
             del queue.tasks[record.name]
             self.task_tombstones.add(record.name, now)
+            self.finished.append(FinishedTask(queue.name, record, ending, now))
 
     def drop_all_tasks(self, queue: QueueRecord, now: float) -> None:
         """Every task of `queue` dropped as by `drop_task` (DeleteQueue, PurgeQueue)."""
         for record in list(queue.tasks.values()):
-            self.drop_task(queue, record, now)
+            self.drop_task(queue, record, now, Ending.PURGED)
 
     def reset(self) -> None:
         self.queues.clear()
         self.task_tombstones.clear()
         self.queue_tombstones.clear()
+        self.finished.clear()
 
 
 # google.rpc.Code for an HTTP status, the standard mapping (google/rpc/code.proto); others: UNKNOWN (2).
