@@ -13,57 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import time
 
-from loopback import free_port, start_handler
-
-QUEUE = "bench-default-000000"
+from loopback import QUEUE, free_port, load, start_handler, task_request
 
 
 def bare_request(_: int) -> bytes:
     return b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
-
-
-def task_request(n: int) -> bytes:
-    body = b"{}"
-    return (
-        b"POST /tasks/default HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        + f"X-CloudTasks-QueueName: {QUEUE}\r\nX-CloudTasks-TaskName: t{n}\r\n".encode()
-        + b"X-CloudTasks-TaskRetryCount: 0\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-
-
-async def connection(port: int, make: object, counter: itertools.count[int], stop_at: float, done: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    completed = 0
-    try:
-        while time.perf_counter() < stop_at:
-            writer.write(make(next(counter)))  # type: ignore[operator]
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = int(
-                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-            )
-            await reader.readexactly(length)
-            if status != 200:
-                raise SystemExit(f"unexpected status {status}")
-            completed += 1
-    finally:
-        writer.close()
-    done.append(completed)
-
-
-async def load(port: int, make: object, seconds: float, connections: int) -> tuple[int, float]:
-    counter = itertools.count()
-    done: list[int] = []
-    started = time.perf_counter()
-    stop_at = started + seconds
-    await asyncio.gather(*(connection(port, make, counter, stop_at, done) for _ in range(connections)))
-    return sum(done), time.perf_counter() - started
 
 
 def main() -> None:

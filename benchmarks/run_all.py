@@ -25,6 +25,7 @@ SCRIPTS = {
     "handler.py": ["--seconds", "1"],
     "dispatch.py": ["--tasks", "2000", "--seconds", "3"],
     "program.py": ["--repeat", "1"],
+    "slow_clients.py": ["--connections", "300"],
 }
 # In benchmarks/ but not benchmarks themselves.
 NOT_BENCHMARKS = {"loopback.py", "minimal_program.py", "run_all.py"}
