@@ -11,7 +11,7 @@ POLICY_DUMPS := .localcloud/policy
 POLICY_STACKS := $(patsubst Pulumi.%.yaml,%,$(wildcard Pulumi.*.yaml))
 PROGRAM_SOURCES := Pulumi.yaml __main__.py $(wildcard contract/*.py components/*.py handler/*.py taskclient/*.py localcloud/*.py)
 
-.PHONY: test lint typecheck unit redis-server policy deps bench local clean
+.PHONY: test lint typecheck unit redis-server chromium policy deps bench local clean
 
 test: lint typecheck unit policy
 
@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy
 
-unit: $(VENV)/.installed redis-server
+unit: $(VENV)/.installed redis-server chromium
 	$(PY) -m pytest
 
 # The idempotency tests run a real redis-server (tests/test_idempotency.py fails without one): install it from
@@ -43,6 +43,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 redis-server:
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt-get)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# The emulator console's tests drive Debian's Chromium through Playwright (tests/test_console.py fails without
+# it): Playwright's own browser download needs the internet, so the browser comes from apt, as redis-server does.
+chromium:
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(POLICY_VENV)/.installed: policy/requirements.txt
 	$(PYTHON) -m venv $(POLICY_VENV)

@@ -26,6 +26,7 @@ SCRIPTS = {
     "dispatch.py": ["--tasks", "2000", "--seconds", "3"],
     "program.py": ["--repeat", "1"],
     "slow_clients.py": ["--connections", "300"],
+    "console.py": ["--tasks", "2000", "--repeat", "50"],
 }
 # In benchmarks/ but not benchmarks themselves.
 NOT_BENCHMARKS = {"loopback.py", "minimal_program.py", "run_all.py"}

@@ -58,6 +58,14 @@ USER_AGENT: Final = "Google-Cloud-Tasks"
 # host:port of a local emulator. The Python client has no emulator switch of its own
 # (googleapis/python-tasks#333): the task client and the handler's dead-letter sink read this one.
 EMULATOR_HOST_ENV: Final = "CLOUD_TASKS_EMULATOR_HOST"
+# http://host:port of a local emulator's HTTP port. BufferTask is REST only, so it is served there, not on the
+# gRPC port above; `taskclient buffer` reads this one, and `localcloud up` prints both.
+EMULATOR_HTTP_ENV: Final = "CLOUD_TASKS_EMULATOR_HTTP"
+
+# --- REST (BufferTask has no gRPC method) -----------------------------------------------------------------
+# The tasks.buffer reference: POST https://cloudtasks.googleapis.com/v2/{queue}/tasks:buffer, or
+# .../tasks/{taskId}:buffer to choose the task id.
+REST_ENDPOINT: Final = "https://cloudtasks.googleapis.com"
 
 # --- names (queue.py Queue.name, task.py Task.name) --------------------------------------------------
 MAX_QUEUE_ID_LENGTH: Final = 100

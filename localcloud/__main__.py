@@ -1,8 +1,15 @@
 """Local mode on the command line: `python -m localcloud <command>`, one function per command.
 
 python -m localcloud emulator --port 8123 [--http-port 8124] [--task-tombstone-ttl 3600] [--latency-ms 0] [--workers 16]
+                              [--console-port 8125] [--outputs .localcloud/outputs.json] [--data-dir DIR]
 python -m localcloud up [--stack dev] [--outputs .localcloud/outputs.json] [--emulator-port P] [--handler-port P]
+                        [--console-port 8125] [--data-dir .localcloud/state] [--fresh]
 python -m localcloud demo [--stack dev]
+
+The emulator keeps its state in memory, or with --data-dir in SQLite in DIR, where a restart finds it again
+(queues, tasks with their retry state, name tombstones, the signing key: localcloud/emulator/store.py). `up`
+always uses a data dir: `state/` beside --outputs (.localcloud/state), or --data-dir; --fresh empties it
+first. `demo` keeps nothing: it runs in memory, independent of any earlier run.
 """
 
 from __future__ import annotations
@@ -21,21 +28,39 @@ __all__ = ["build_parser", "main", "run_emulator"]
 def run_emulator(args: argparse.Namespace) -> int:
     """Serve the Cloud Tasks emulator on 127.0.0.1 until SIGTERM or SIGINT; print one ready line first."""
     from localcloud.emulator.service import CloudTasksEmulator
+    from localcloud.emulator.store import DataDirInUse, StoreError, UnreadableDataDir
 
     stop = _stop_on_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         emulator = CloudTasksEmulator(
-            port=args.port, http_port=args.http_port, task_tombstone_ttl=args.task_tombstone_ttl, workers=args.workers
+            port=args.port,
+            http_port=args.http_port,
+            task_tombstone_ttl=args.task_tombstone_ttl,
+            workers=args.workers,
+            console_port=args.console_port,
+            outputs_path=args.outputs,
+            data_dir=args.data_dir,
         )
         emulator.faults.latency = args.latency_ms / 1000
         emulator.start()
+    except UnreadableDataDir as error:
+        remedy = f"delete {args.data_dir} to start empty, or choose another --data-dir"
+        print(f"emulator: cannot start: {error}: {remedy}", file=sys.stderr)
+        return 2
+    except DataDirInUse as error:
+        print(f"emulator: cannot start: {error}: stop it, or choose another --data-dir", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        print(f"emulator: cannot start: {error}: choose another --data-dir", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError, ValueError) as error:  # ValueError: a latency of NaN
         print(f"emulator: cannot start: {error}", file=sys.stderr)
         return 2
     try:
         http = f" http={emulator.oidc_url}" if emulator.oidc_url else ""
-        print(f"emulator ready grpc={emulator.address}{http}", flush=True)
+        console = f" console={emulator.console_url}" if emulator.console_url else ""
+        print(f"emulator ready grpc={emulator.address}{http}{console}", flush=True)
         while not stop.wait(0.2):
             pass
     finally:
@@ -65,6 +90,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..65535 (0: any free port)")
     return value
 
 
@@ -99,6 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="gRPC worker threads, the most calls handled at once (default 16); with --latency-ms, use at least"
         " as many as the calls a client keeps in flight",
     )
+    emulator.add_argument(
+        "--console-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="also serve the web console on 127.0.0.1 on this port (0: a free one; default: no console)",
+    )
+    emulator.add_argument(
+        "--outputs",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the stack outputs file (`localcloud up` writes it), read when the console replays a dead letter",
+    )
+    emulator.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep queues, tasks, tombstones and the signing key in SQLite in DIR, across restarts (created if"
+        " missing; default: in memory only)",
+    )
     emulator.set_defaults(handler=run_emulator)
 
     up = commands.add_parser("up", help="evaluate the program offline and run the stack locally until Ctrl-C")
@@ -107,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--emulator-port", type=int, default=8123, help="gRPC port of the emulator (default 8123)")
     up.add_argument("--handler-port", type=int, default=8080, help="port of the task handler (default 8080)")
     up.add_argument("--http-port", type=int, default=8124, help="port of the token signing keys (default 8124)")
+    up.add_argument(
+        "--console-port",
+        type=_port,
+        default=8125,
+        metavar="PORT",
+        help="port of the emulator's web console on 127.0.0.1 (0: a free one; default 8125)",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the emulator keeps its state between runs (default: state/ beside --outputs, i.e."
+        f" {OUTPUTS.parent / STATE_DIR})",
+    )
+    up.add_argument(
+        "--fresh", action="store_true", help="start empty: delete the emulator's state in the data dir first"
+    )
     up.set_defaults(handler=run_up)
 
     demo = commands.add_parser("demo", help="run the stack on free ports, send tasks, print what became of them")
@@ -121,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 OUTPUTS = Path(".localcloud/outputs.json")
+STATE_DIR = "state"  # up's data dir, beside its outputs: one .localcloud holds one local stack
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -134,6 +207,9 @@ def run_up(args: argparse.Namespace) -> int:
             emulator_port=args.emulator_port,
             handler_port=args.handler_port,
             http_port=args.http_port,
+            console_port=args.console_port,
+            data_dir=(args.data_dir or args.outputs.parent / STATE_DIR).resolve(),
+            fresh=args.fresh,
         )
     except LocalStackError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -160,6 +160,8 @@ def run_demo(stack: str = "dev", timeout: float = 120.0, out: TextIO | None = No
     workdir.mkdir(exist_ok=True)
     ledger = Ledger()
     log_path = workdir / "demo.log"
+    # No data_dir: the emulator runs in memory, so the counts below never include a task of an earlier run (nor
+    # of a `localcloud up` on .localcloud/state).
     with log_path.open("w") as log, running(stack, on_line=_Lines(log, ledger)) as local:
         write_outputs(local.plan.outputs, workdir / OUTPUTS_FILE)
         outputs = StackOutputs.from_mapping(local.plan.outputs)

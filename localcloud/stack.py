@@ -42,6 +42,7 @@ SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
 RUN_INVOKER = "roles/run.invoker"
 DEFAULT_HANDLER = (sys.executable, "-m", "handler")  # the project's own handler, with its task types
 READY = re.compile(r"emulator ready grpc=(\S+) http=(\S+)")
+CONSOLE = re.compile(r" console=(\S+)")
 STARTUP_TIMEOUT_S = 60
 
 
@@ -203,6 +204,16 @@ class RunningStack:
     emulator_host: str
     certs_url: str
     processes: list[subprocess.Popen[str]]
+    console_url: str = ""  # the emulator's web console, when `running` was given a console port
+    waiting: int = 0  # tasks the emulator held when it started: left from the last run on its data dir
+    emulator_http: str = ""  # the emulator's HTTP port (keys, BufferTask): what CLOUD_TASKS_EMULATOR_HTTP takes
+
+    def export_line(self) -> str:
+        """The shell line that points the task client at this stack's emulator: gRPC, and HTTP for BufferTask."""
+        return (
+            f"export {cloud_tasks.EMULATOR_HOST_ENV}={self.emulator_host}"
+            f" {cloud_tasks.EMULATOR_HTTP_ENV}={self.emulator_http}"
+        )
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -224,18 +235,25 @@ def running(
     http_port: int = 0,
     on_line: Callable[[str, str], None] | None = None,
     handler_command: Sequence[str] = DEFAULT_HANDLER,
+    console_port: int | None = None,
+    outputs_path: Path | None = None,
+    data_dir: Path | None = None,
 ) -> Iterator[RunningStack]:
     """Starts the emulator, the handler and the queues; stops everything on exit.
 
     Every line the two processes print goes to `on_line(source, line)` ("emulator" or "handler").
     `handler_command` runs the service (tests pass a probe); it gets `--port <handler port>` appended and the
-    environment the program declares for the service.
+    environment the program declares for the service. Given `console_port` (0: a free one), the emulator serves
+    its web console there, replaying dead letters with the outputs at `outputs_path`. Given `data_dir`, the
+    emulator keeps its state there (what it finds from the last run is kept; the declared queues are updated);
+    without, it starts empty and keeps everything in memory.
     """
     config = stack_config(stack)
     _check_free(
         (emulator_port, "the emulator's gRPC port", "--emulator-port"),
         (http_port, "the token signing keys' port", "--http-port"),
         (handler_port, "the task handler's port", "--handler-port"),
+        (console_port or 0, "the emulator console's port", "--console-port"),
     )
     handler_port = handler_port or free_port()
     local = plan(config, stack, handler_port)
@@ -255,12 +273,17 @@ def running(
                 str(emulator_port or free_port()),
                 "--http-port",
                 str(http_port or free_port()),
+                *(["--console-port", str(console_port)] if console_port is not None else []),
+                *(["--outputs", str(outputs_path)] if outputs_path is not None else []),
+                *(["--data-dir", str(data_dir)] if data_dir is not None else []),
             ],
             {},
             processes,
         )
         ready = _wait_for_ready(emulator)
         stack_run.emulator_host, stack_run.certs_url = ready[0], ready[1] + "/oauth2/v1/certs"
+        stack_run.console_url = ready[2]
+        stack_run.emulator_http = ready[1]
         _forward(emulator, "emulator", on_line)
         handler = _start(
             [*handler_command, "--port", str(handler_port)],
@@ -268,6 +291,8 @@ def running(
             processes,
         )
         _forward(handler, "handler", on_line)
+        if data_dir is not None:
+            stack_run.waiting = _count_tasks(stack_run.emulator_host, local.queues)
         _create_queues(stack_run.emulator_host, local.queues)
         _wait_for_health(local.service.url, handler)
         yield stack_run
@@ -344,14 +369,19 @@ def _start(command: list[str], env: Mapping[str, str], processes: list[subproces
     return process
 
 
-def _wait_for_ready(emulator: subprocess.Popen[str]) -> tuple[str, str]:
+def _wait_for_ready(emulator: subprocess.Popen[str]) -> tuple[str, str, str]:
+    """The emulator's gRPC address, its keys' URL and its console's URL ("" without one), from its ready line."""
     assert emulator.stdout is not None
     seen = []
     for line in emulator.stdout:
         match = READY.search(line)
         if match:
-            return match[1], match[2]
+            console = CONSOLE.search(line)
+            return match[1], match[2], console[1] if console else ""
         seen.append(line)
+    refusal = next((line for line in seen if line.startswith("emulator: cannot start: ")), None)
+    if refusal is not None:  # its own one-line reason (a port, a data dir): enough on its own
+        raise LocalStackError(refusal.removeprefix("emulator: ").strip())
     raise LocalStackError("the emulator stopped before it was ready:\n" + "".join(seen[-20:]))
 
 
@@ -366,17 +396,37 @@ def _forward(process: subprocess.Popen[str], source: str, on_line: Callable[[str
 
 
 def _create_queues(emulator_host: str, queues: tuple[tasks_v2.Queue, ...]) -> None:
+    """Each declared queue created, or updated to its declared settings and state when the emulator kept it from
+    the last run (its tasks stay): UpdateQueue creates a queue that does not exist, as in Cloud Tasks."""
     channel = grpc.insecure_channel(emulator_host)
     client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
     try:
         for queue in queues:
-            parent = queue.name.rsplit("/queues/", 1)[0]
-            # As the provider does for desired_state: create (state is output only), then pause.
-            created = tasks_v2.Queue(queue)
-            tasks_v2.Queue.pb(created).ClearField("state")
-            client.create_queue(parent=parent, queue=created)
-            if queue.state == tasks_v2.Queue.State.PAUSED:
+            # As the provider does for desired_state: state is output only in UpdateQueue, so the update
+            # (every field: an empty mask) comes first, then a pause or a resume when the state differs.
+            declared = tasks_v2.Queue(queue)
+            tasks_v2.Queue.pb(declared).ClearField("state")
+            applied = client.update_queue(queue=declared)
+            if queue.state == tasks_v2.Queue.State.PAUSED and applied.state != queue.state:
                 client.pause_queue(name=queue.name)
+            elif queue.state == tasks_v2.Queue.State.RUNNING and applied.state != queue.state:
+                client.resume_queue(name=queue.name)
+    finally:
+        channel.close()
+
+
+def _count_tasks(emulator_host: str, queues: tuple[tasks_v2.Queue, ...]) -> int:
+    """The tasks on every queue of the emulator in the locations of `queues` (BASIC view: no bodies)."""
+    channel = grpc.insecure_channel(emulator_host)
+    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    try:
+        locations = sorted({queue.name.rsplit("/queues/", 1)[0] for queue in queues})
+        return sum(
+            1
+            for location in locations
+            for queue in client.list_queues(parent=location)
+            for _ in client.list_tasks(request={"parent": queue.name, "page_size": 1000})
+        )
     finally:
         channel.close()
 

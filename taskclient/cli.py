@@ -1,5 +1,6 @@
-"""`python -m taskclient send|bulk|dead-letters`: create tasks from the stack's outputs, and list, replay or
-discard dead letters, from a shell or CI."""
+"""`python -m taskclient send|bulk|buffer|dead-letters`: create tasks from the stack's outputs (`buffer` with
+Cloud Tasks' BufferTask, on a queue with queue-level routing), and list, replay or discard dead letters, from a
+shell or CI."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from rich.console import Console
 
 from contract.outputs import OUTPUTS_ENV, StackOutputsError
 from taskclient import dead_letter_cli
+from taskclient.buffer import TaskBuffer
 from taskclient.errors import PublishError, TaskClientError, UsageError
 from taskclient.progress import progress_bar
 from taskclient.publisher import MAX_SCHEDULE_AHEAD, Outcome, TaskPublisher, TaskRequest, read_outputs_document
@@ -45,6 +47,7 @@ _FLAGS = {
     "dedupe_key": "--dedupe-key",
     "headers": "--header",
     "deadline": "--deadline",
+    "task_id": "--task-id",
 }
 _ARGUMENT = re.compile(r"(^|; )(" + "|".join(_FLAGS) + r"): ")
 _KEYWORDS = re.compile(r"\b(" + "|".join(_FLAGS) + r")=")
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None) -> 
             dead_letter_cli.check(args)
             return dead_letter_cli.run(args, _outputs(args.outputs, stdin))
         document = _outputs(args.outputs, stdin)
+        if args.command == "buffer":
+            return _buffer(document, args, stdin)
         # The input file is read (and refused, when it is wrong) before any connection or credential is needed.
         lines = _bulk_lines(args, stdin) if args.command == "bulk" else []
         with TaskPublisher.from_mapping(document) as publisher:
@@ -122,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
         help="derive each task's id from this field of its payload, so a rerun of the file creates nothing twice",
     )
 
+    buffer = commands.add_parser(
+        "buffer", help="create one task with BufferTask (queues with queue-level routing) and print its name"
+    )
+    buffer.add_argument("--outputs", metavar="FILE", help=outputs_help)
+    buffer.add_argument("--queue", metavar="NAME", help="short queue name (default: the stack's default queue)")
+    buffer_body = buffer.add_mutually_exclusive_group(required=True)
+    buffer_body.add_argument("--json", metavar="JSON", help="the payload, as JSON text")
+    buffer_body.add_argument("--data-file", metavar="FILE", help="the payload file, sent as it is ('-' reads stdin)")
+    buffer.add_argument(
+        "--task-id", metavar="ID", help="task id; a second task of the same id is refused as a duplicate"
+    )
+
     dead_letter_cli.add_parser(commands, outputs_help)
     return parser
 
@@ -154,15 +171,8 @@ def _stdin_binary(stdin: IO[str]) -> IO[bytes]:
 
 
 def _send(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) -> int:
-    if args.data_file is not None:
-        payload: Any = _stdin_binary(stdin).read() if args.data_file == "-" else _read_bytes(args.data_file)
-    else:
-        try:
-            payload = json.loads(args.json)
-        except ValueError as err:
-            raise UsageError(f"--json: not JSON ({err})") from None
     request = TaskRequest(
-        payload,
+        _payload(args, stdin),
         queue=args.queue,
         path=args.path,
         delay=_delay(args.delay),
@@ -176,6 +186,26 @@ def _send(publisher: TaskPublisher, args: argparse.Namespace, stdin: IO[str]) ->
     if outcome is Outcome.DUPLICATE:
         print(f"already exists: {name} (not sent again; the payload given now was not enqueued)", file=sys.stderr)
     return 0
+
+
+def _buffer(document: dict[str, Any], args: argparse.Namespace, stdin: IO[str]) -> int:
+    payload = _payload(args, stdin)
+    with TaskBuffer.from_mapping(document) as buffer:
+        outcome, name = buffer.buffer(payload, queue=args.queue, task_id=args.task_id)
+    print(name)
+    if outcome is Outcome.DUPLICATE:
+        print(f"already exists: {name} (not sent again; the payload given now was not enqueued)", file=sys.stderr)
+    return 0
+
+
+def _payload(args: argparse.Namespace, stdin: IO[str]) -> Any:
+    """--data-file's bytes, or --json's value."""
+    if args.data_file is not None:
+        return _stdin_binary(stdin).read() if args.data_file == "-" else _read_bytes(args.data_file)
+    try:
+        return json.loads(args.json)
+    except ValueError as err:
+        raise UsageError(f"--json: not JSON ({err})") from None
 
 
 def _delay(text: str | None) -> timedelta | None:

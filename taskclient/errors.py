@@ -80,6 +80,13 @@ NO_CREDENTIALS_OR_EMULATOR = (
 )
 
 
+NO_CREDENTIALS_OR_EMULATOR_HTTP = (
+    "no Google credentials found, and {emulator_env} is not set: for Cloud Tasks, run `gcloud auth"
+    " application-default login` (or use workload identity); for the local emulator's BufferTask, set"
+    " {emulator_env}=http://127.0.0.1:8124 (its HTTP port)"
+)
+
+
 def status(error: gexc.GoogleAPICallError) -> tuple[str, str]:
     """The gRPC status name and the server's message."""
     code = error.grpc_status_code.name if error.grpc_status_code else type(error).__name__

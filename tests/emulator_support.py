@@ -239,3 +239,67 @@ def start_emulator_command(*arguments: str) -> tuple[subprocess.Popen[str], str]
     except thread_queue.Empty:
         process.kill()
         raise AssertionError("the emulator printed no ready line within 60 s") from None
+
+
+# ----- a durable emulator process, killed and restarted -----
+
+
+class EmulatorProcess:
+    """`python -m localcloud emulator ARGUMENTS` on fixed ports, its stderr (the dispatch log) collected line by
+    line to wait on. `kill()` is SIGKILL; `restart()` starts the same command again (same ports, same data dir).
+    Context manager: killed on exit."""
+
+    def __init__(self, *arguments: str) -> None:
+        self.arguments = arguments
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process, self.ready = self._start()
+
+    def _start(self) -> tuple[subprocess.Popen[str], str]:
+        process, ready = start_emulator_command(*self.arguments)
+        if not ready.startswith("emulator ready"):
+            _, stderr = process.communicate(timeout=30)
+            raise AssertionError(f"the emulator did not start: {ready}{stderr}")
+        stream = process.stderr
+
+        def collect() -> None:
+            for line in stream or ():
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+
+        threading.Thread(target=collect, daemon=True, name=f"emulator-{process.pid}-stderr").start()
+        return process, ready
+
+    @property
+    def address(self) -> str:
+        return self.ready.split("grpc=", 1)[1].split()[0]
+
+    def wait_for_lines(self, predicate: Callable[[list[str]], bool], what: str, timeout: float = 30.0) -> None:
+        """Block until `predicate(lines so far)` holds (AssertionError after `timeout` seconds)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.lines), timeout):
+                tail = "\n".join(self.lines[-10:])
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last lines:\n{tail}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Start the same command again, after `kill()` (the same ports: they must be given, not 0)."""
+        self.process, self.ready = self._start()
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM; (exit status, what was left on stderr)."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        return self.process.returncode, "\n".join(self.lines)
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.kill()

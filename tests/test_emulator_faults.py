@@ -105,7 +105,7 @@ def test_after_effect_answers_with_the_calls_own_error_when_it_fails(
     emulator: LoopbackEmulator, client: tasks_v2.CloudTasksClient
 ) -> None:
     emulator.faults.fail_next("CreateTask", grpc.StatusCode.DEADLINE_EXCEEDED, after_effect=True)
-    with pytest.raises(exceptions.InvalidArgument, match="task ID"):
+    with pytest.raises(exceptions.InvalidArgument, match="Task ID"):
         create(client, "bad.id")
     create(client, "t1")  # the fault was that call's
     assert names(emulator) == [f"{QUEUE}/tasks/t1"]

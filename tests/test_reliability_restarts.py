@@ -5,10 +5,14 @@ What survives what:
   the attempts that got no answer), but the handler's in-memory idempotency store is gone, so a task whose work
   finished while its answer never reached the emulator runs again. Duplicates are bounded by the tasks in flight
   at the kill.
-- The emulator restarted: nothing. It has no persistence; queues, tasks, and the names it reserves (tombstones)
-  are gone, and so is its signing key. `localcloud up` re-creates the declared queues at start, which makes the
-  API usable again. The handler keeps running, with its idempotency memory and its cached copy of the *old*
+- The emulator in memory (no --data-dir, as `localcloud demo` runs it) restarted: nothing. Queues, tasks, and
+  the names it reserves (tombstones) are gone, and so is its signing key. Creating the declared queues again
+  makes the API usable. The handler keeps running, with its idempotency memory and its cached copy of the *old*
   signing certs, so it refuses the new emulator's tokens until it refetches them (tested below).
+- The durable emulator (--data-dir, as `localcloud up` runs it) killed with SIGKILL and restarted: everything
+  it had acknowledged. Queues with their settings, waiting tasks, the names it reserves, and its signing key,
+  so the running handler accepts its tokens at once (tested below; under load, with three kills, in
+  test_reliability_durable.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from reliability_support import (
     PROBE_COMMAND,
     WAIT_S,
     LocalStack,
+    Watch,
     key_of,
     local_stack,
     start_probe_generation,
@@ -36,7 +41,8 @@ from reliability_support import (
 )
 
 from contract.outcomes import TaskOutcome
-from localcloud.stack import _create_queues
+from contract.outputs import StackOutputs
+from localcloud.stack import _create_queues, running
 from taskclient.connection import connect
 from taskclient.errors import PublishError
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest
@@ -219,3 +225,61 @@ def _create_queues_once(restarted: Restarted) -> None:
             client.get_queue(name=restarted.dev.local.plan.queues[0].name)
         except exceptions.NotFound:
             _create_queues(restarted.dev.local.emulator_host, restarted.dev.local.plan.queues)
+
+
+# --- the durable emulator killed and restarted --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def durably_restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarted]:
+    """The dev stack on a data dir (as `localcloud up` runs it) with one task done and one pending, then its
+    emulator killed with SIGKILL and started again on the same ports and data dir; the handler kept running."""
+    data_dir = tmp_path_factory.mktemp("durable") / "state"
+    watch = Watch()
+    with running("dev", on_line=watch.on_line, data_dir=data_dir) as local:
+        dev = LocalStack(local, watch, StackOutputs.from_mapping(local.plan.outputs))
+        with TaskPublisher(dev.outputs, connection=connect(local.emulator_host)) as publisher:
+            done = publisher.publish({"before": "restart"}, dedupe_key="before-restart")
+            pending = publisher.publish({"later": True}, delay=3600)
+        watch.wait(lambda: key_of(done) in watch.acknowledged, "the task before the restart to be done")
+
+        dev.emulator.send_signal(signal.SIGKILL)
+        assert dev.emulator.wait(timeout=30) == -signal.SIGKILL
+        grpc_port = local.emulator_host.rsplit(":", 1)[1]
+        http_port = str(urlsplit(local.certs_url).port)
+        lines = len(watch.lines)
+        command = [sys.executable, "-m", "localcloud", "emulator", "--port", grpc_port, "--http-port", http_port]
+        emulator = start_process([*command, "--data-dir", str(data_dir)], {}, "emulator", watch.on_line)
+        local.processes.append(emulator)
+        watch.wait(
+            lambda: any(f"emulator ready grpc={local.emulator_host}" in line for _, line in watch.lines[lines:]),
+            "the emulator to be ready again",
+        )
+        yield Restarted(dev, pending, "before-restart")
+
+
+def test_a_durable_emulator_killed_and_restarted_keeps_queues_tasks_and_names(durably_restarted: Restarted) -> None:
+    """Without re-creating anything: the declared queues are there with their settings (the dead-letter queue
+    still paused), the pending task waits with its schedule, and the dedupe key used before is still refused."""
+    dev = durably_restarted.dev
+    host = dev.local.emulator_host
+    with stock_client(host) as client, TaskPublisher(dev.outputs, connection=connect(host)) as publisher:
+        for queue in dev.local.plan.queues:
+            kept = client.get_queue(name=queue.name)
+            assert kept.rate_limits.max_dispatches_per_second == queue.rate_limits.max_dispatches_per_second
+            assert kept.retry_config == queue.retry_config
+            assert kept.state == queue.state
+        assert client.get_task(name=durably_restarted.pending).name == durably_restarted.pending
+        again = publisher.publish_many([TaskRequest({"again": True}, dedupe_key=durably_restarted.done_key)])
+        assert [r.outcome for r in again] == [Outcome.DUPLICATE]
+
+
+def test_a_running_handler_accepts_a_restarted_durable_emulators_tokens_at_once(durably_restarted: Restarted) -> None:
+    """The signing key survived the kill: the handler's cached certs verify the new process's tokens, so the
+    first attempt after the restart is done, not refused with 401."""
+    dev = durably_restarted.dev
+    with TaskPublisher(dev.outputs, connection=connect(dev.local.emulator_host)) as publisher:
+        name = publisher.publish({"after": "restart"})
+    first = dev.watch.wait(lambda: dev.watch.attempts.get(key_of(name)), "the first attempt")[0]
+    assert first == (1, 200)
+    assert dev.watch.outcomes(key_of(name)) == [TaskOutcome.DONE]

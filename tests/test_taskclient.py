@@ -20,6 +20,8 @@ from taskclient.publisher import Outcome, TaskPublisher, TaskRequest, task_id_fo
 
 # The publisher's clock: a fixed instant, ahead of the server's real clock so schedule times stay future.
 NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+# Cloud Tasks adds its User-Agent to the headers of every HTTP task it stores.
+CLOUD_TASKS_USER_AGENT = {"User-Agent": "Google-Cloud-Tasks"}
 
 
 @pytest.fixture
@@ -320,7 +322,11 @@ def test_concurrency_must_be_sensible(publisher: TaskPublisher) -> None:
 def test_a_given_content_type_wins_over_the_derived_one(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish({"a": 1}, headers={"content-type": "application/cloudevents+json"})
     headers = only_task(server).http_request.headers
-    assert headers == {"content-type": "application/cloudevents+json", HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}"}
+    assert headers == {
+        "content-type": "application/cloudevents+json",
+        HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}",
+        **CLOUD_TASKS_USER_AGENT,
+    }
 
 
 # --- X-Tasks-Not-Before: the earliest time the first attempt can run --------------------------------
@@ -347,5 +353,5 @@ def test_every_task_says_when_its_first_attempt_can_run_at_the_earliest(
 def test_bytes_and_queue_level_routed_tasks_say_it_too(publisher: TaskPublisher, server: LoopbackEmulator) -> None:
     publisher.publish_many([TaskRequest(b"raw", name="a"), TaskRequest({}, queue="emails", name="b", delay=5)])
     by_name = {task.name.rsplit("/", 1)[1]: task.http_request.headers for task in server.tasks()}
-    assert by_name["a"] == {HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}"}
+    assert by_name["a"] == {HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}", **CLOUD_TASKS_USER_AGENT}
     assert by_name["b"][HEADER_NOT_BEFORE] == f"{(NOW + timedelta(seconds=5)).timestamp():.3f}"

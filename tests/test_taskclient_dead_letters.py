@@ -47,6 +47,8 @@ DEFAULT = stack().queues["default"]
 EMAILS = stack().queues["emails"]
 DLQ = stack().dead_letter_queue
 JSON_HEADERS = {"Content-Type": "application/json"}
+# Cloud Tasks adds its User-Agent to the headers of every HTTP task it stores, a dead letter included.
+CLOUD_TASKS_USER_AGENT = {"User-Agent": "Google-Cloud-Tasks"}
 
 
 @pytest.fixture
@@ -150,7 +152,7 @@ def test_a_listed_letter_holds_the_original_task_and_its_metadata(
     assert letter.meta.reason == "ValueError: no such order" and letter.meta.final
     assert letter.meta.recorded_at == RECORDED
     assert letter.url == url
-    assert letter.headers == {"X-Tenant": "t1"}  # no X-Dead-Letter-* metadata
+    assert letter.headers == {"X-Tenant": "t1", **CLOUD_TASKS_USER_AGENT}  # no X-Dead-Letter-* metadata
     assert letter.body == b"\x00\xffbinary" and letter.body_text is None
     assert letter.size == 8 and letter.sha256 == hashlib.sha256(b"\x00\xffbinary").hexdigest()
     assert letter.body_display() == ("base64", base64.b64encode(b"\x00\xffbinary").decode())
@@ -231,7 +233,7 @@ def test_replay_creates_the_original_task_again_byte_for_byte(letters: DeadLette
     assert request.body == body
     assert request.url == url
     assert request.http_method == tasks_v2.HttpMethod.POST
-    assert dict(request.headers) == {**producer, HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}"}
+    assert dict(request.headers) == {**producer, HEADER_NOT_BEFORE: f"{NOW.timestamp():.3f}", **CLOUD_TASKS_USER_AGENT}
     assert not any(header.startswith(HEADER_PREFIX) for header in request.headers)
     assert request.oidc_token.service_account_email == stack().invoker_email
     assert request.oidc_token.audience == stack().oidc_audience
@@ -518,7 +520,11 @@ def test_cli_list_json_holds_every_letter_with_its_body(
     assert base64.b64decode(second["body"]) == b"\xff\x00" and second["bodyText"] is None
     assert first["queueKey"] == "default" and first["queue"] == DEFAULT.id and first["task"] == "text"
     assert first["size"] == 6 and first["sha256"] == hashlib.sha256("héllo".encode()).hexdigest()
-    assert first["headers"] == JSON_HEADERS and first["final"] is True and first["attempt"] == 3
+    assert (
+        first["headers"] == {**JSON_HEADERS, **CLOUD_TASKS_USER_AGENT}
+        and first["final"] is True
+        and first["attempt"] == 3
+    )
     assert first["replayTask"] == short(replay_name(text, "text"))
 
 

@@ -22,7 +22,17 @@ from google.cloud import tasks_v2
 
 from contract import cloud_tasks as limits
 from contract.retry import RetryPolicy
-from localcloud.emulator.errors import invalid_argument
+from localcloud.emulator.errors import (
+    BACKOFF_ORDER_MESSAGE,
+    CONCURRENCY_NEGATIVE_MESSAGE,
+    CONCURRENCY_TOO_HIGH_MESSAGE,
+    MAX_ATTEMPTS_MESSAGE,
+    MAX_DOUBLINGS_NEGATIVE_MESSAGE,
+    MIN_BACKOFF_NEGATIVE_MESSAGE,
+    RATE_NEGATIVE_MESSAGE,
+    RATE_TOO_HIGH_MESSAGE,
+    invalid_argument,
+)
 from localcloud.emulator.routing import TargetOverride, parse_http_target
 
 __all__ = [
@@ -42,6 +52,7 @@ _MUTABLE_FIELDS = (
     "stackdriver_logging_config",
 )
 _IMMUTABLE_FIELDS = ("name", "state", "purge_time")
+QUEUE_RETRY_FIELD = "retry_config"  # normalize_retry_config's field for a queue's own RetryConfig
 
 
 @dataclass(frozen=True)
@@ -74,17 +85,17 @@ def _set_seconds(duration: Any, value: float) -> None:
 
 def _normalize_rate_limits(rate_limits: Any) -> tuple[float, int]:
     rate = rate_limits.max_dispatches_per_second
-    if math.isnan(rate) or rate < 0 or rate > limits.MAX_DISPATCHES_PER_SECOND:
-        raise invalid_argument(
-            f"rate_limits.max_dispatches_per_second: {rate} is outside (0, {limits.MAX_DISPATCHES_PER_SECOND:g}]"
-            " (0 or unset: the default)"
-        )
+    if rate < 0:
+        raise invalid_argument(RATE_NEGATIVE_MESSAGE)
+    if rate > limits.MAX_DISPATCHES_PER_SECOND:
+        raise invalid_argument(RATE_TOO_HIGH_MESSAGE)
+    if math.isnan(rate):  # no public record; ours
+        raise invalid_argument(f"RateLimits.maxDispatchesPerSecond must be a number, got {rate}")
     concurrent = rate_limits.max_concurrent_dispatches
-    if not 0 <= concurrent <= limits.MAX_CONCURRENT_DISPATCHES:
-        raise invalid_argument(
-            f"rate_limits.max_concurrent_dispatches: {concurrent} is outside 1..{limits.MAX_CONCURRENT_DISPATCHES} "
-            "(0 or unset: the default)"
-        )
+    if concurrent < 0:
+        raise invalid_argument(CONCURRENCY_NEGATIVE_MESSAGE)
+    if concurrent > limits.MAX_CONCURRENT_DISPATCHES:
+        raise invalid_argument(CONCURRENCY_TOO_HIGH_MESSAGE)
     rate = rate or limits.DEFAULT_DISPATCHES_PER_SECOND
     concurrent = concurrent or limits.DEFAULT_CONCURRENT_DISPATCHES
     rate_limits.max_dispatches_per_second = rate
@@ -93,19 +104,44 @@ def _normalize_rate_limits(rate_limits: Any) -> tuple[float, int]:
     return rate, concurrent
 
 
-def _check_duration(retry: Any, name: str, field: str) -> None:
-    if retry.HasField(name) and _seconds(getattr(retry, name)) < 0:
-        raise invalid_argument(f"{field}.{name} must not be negative, got {_seconds(getattr(retry, name))}s")
+def _negative_duration(retry: Any, name: str) -> float | None:
+    seconds = _seconds(getattr(retry, name)) if retry.HasField(name) else 0.0
+    return seconds if seconds < 0 else None
 
 
-def normalize_retry_config(retry: Any, field: str = "retry_config") -> RetryPolicy:
-    """Validate a RetryConfig (raw pb, modified in place to hold the defaults) and return its policy."""
+def _check_queue_retry(retry: Any) -> None:
+    """A queue's RetryConfig, with Cloud Tasks' texts where they are on record (errors.py)."""
+    if retry.max_attempts < limits.UNLIMITED_ATTEMPTS:
+        raise invalid_argument(MAX_ATTEMPTS_MESSAGE)
+    if retry.max_doublings < 0:
+        raise invalid_argument(MAX_DOUBLINGS_NEGATIVE_MESSAGE)
+    if _negative_duration(retry, "min_backoff") is not None:
+        raise invalid_argument(MIN_BACKOFF_NEGATIVE_MESSAGE)
+    for name in ("max_retry_duration", "max_backoff"):  # no public record; ours
+        seconds = _negative_duration(retry, name)
+        if seconds is not None:
+            raise invalid_argument(f"retry_config.{name} must not be negative, got {seconds:g}s")
+
+
+def _check_task_retry(retry: Any, field: str) -> None:
+    """A task's own RetryConfig (a newer field): no public record of Cloud Tasks' texts; ours, naming the field."""
     if retry.max_attempts < limits.UNLIMITED_ATTEMPTS:
         raise invalid_argument(f"{field}.max_attempts must be >= -1 (-1: unlimited), got {retry.max_attempts}")
     if retry.max_doublings < 0:
         raise invalid_argument(f"{field}.max_doublings must not be negative, got {retry.max_doublings}")
     for name in ("max_retry_duration", "min_backoff", "max_backoff"):
-        _check_duration(retry, name, field)
+        seconds = _negative_duration(retry, name)
+        if seconds is not None:
+            raise invalid_argument(f"{field}.{name} must not be negative, got {seconds:g}s")
+
+
+def normalize_retry_config(retry: Any, field: str = QUEUE_RETRY_FIELD) -> RetryPolicy:
+    """Validate a RetryConfig (raw pb, modified in place to hold the defaults) and return its policy.
+    `field`: QUEUE_RETRY_FIELD for a queue's, else where the task's own sits (e.g. "Task.retry_config")."""
+    if field == QUEUE_RETRY_FIELD:
+        _check_queue_retry(retry)
+    else:
+        _check_task_retry(retry, field)
     retry.max_attempts = retry.max_attempts or limits.DEFAULT_MAX_ATTEMPTS
     retry.max_doublings = retry.max_doublings or limits.DEFAULT_MAX_DOUBLINGS
     if not retry.HasField("min_backoff"):
@@ -114,6 +150,8 @@ def normalize_retry_config(retry: Any, field: str = "retry_config") -> RetryPoli
         _set_seconds(retry.max_backoff, limits.DEFAULT_MAX_BACKOFF_S)
     policy = retry_policy(retry)
     if policy.min_backoff > policy.max_backoff:
+        if field == QUEUE_RETRY_FIELD:
+            raise invalid_argument(BACKOFF_ORDER_MESSAGE)
         raise invalid_argument(
             f"{field}.min_backoff ({policy.min_backoff:g}s) must not exceed max_backoff ({policy.max_backoff:g}s)"
         )

@@ -8,6 +8,9 @@ Names of deleted, purged, completed or permanently failed tasks stay reserved fo
 seconds (CreateTask: ALREADY_EXISTS; Get/Delete/RunTask: NOT_FOUND "...existed recently"); a deleted queue's
 name for `queue_tombstone_ttl` (CreateQueue: FAILED_PRECONDITION). The quotas page gives about an hour for
 tasks (up to 24 h nowadays) and 7 days for queues; 0 disables a tombstone, which tests like.
+
+Given a `store` (store.SqliteStore), the core starts from what it holds, and every mutating RPC commits its
+change there before it answers; see store.py for what is kept and what a crash can cost.
 """
 
 from __future__ import annotations
@@ -16,18 +19,36 @@ import itertools
 import logging
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from google.cloud import tasks_v2
 
 from localcloud.emulator.clock import Clock, SystemClock, epoch_micros
 from localcloud.emulator.config import QueueSettings, apply_update_mask, normalize_queue
+from localcloud.emulator.console.reads import (
+    FinishedView,
+    QueueView,
+    TaskDetail,
+    TaskPage,
+    TaskRow,
+    TaskState,
+    finished_view,
+    queue_view,
+    task_detail,
+    task_row,
+    task_state,
+)
 from localcloud.emulator.engine import Attempt, DispatchEngine, TokenMinter
 from localcloud.emulator.errors import (
-    ALREADY_EXISTS_MESSAGE,
+    BUFFER_NEEDS_ROUTING_MESSAGE,
     NOT_FOUND_MESSAGE,
+    QUEUE_ALREADY_EXISTS_MESSAGE,
     QUEUE_MISSING_MESSAGE,
+    QUEUE_PARENT_MISMATCH_MESSAGE,
     QUEUE_TOMBSTONE_MESSAGE,
+    TASK_ALREADY_EXISTS_MESSAGE,
+    TASK_NAME_TOO_RECENT_MESSAGE,
     TASK_TOMBSTONE_MESSAGE,
     CloudTasksError,
     invalid_argument,
@@ -35,6 +56,9 @@ from localcloud.emulator.errors import (
 from localcloud.emulator.names import check_location, check_queue_name, check_task_name, generated_task_id
 from localcloud.emulator.state import EmulatorState, Ending, QueueRecord, TaskRecord, page_of, task_view
 from localcloud.emulator.taskspec import parse_task
+
+if TYPE_CHECKING:
+    from localcloud.emulator.store import SqliteStore
 
 __all__ = ["CloudTasksCore", "CloudTasksError"]
 
@@ -85,13 +109,22 @@ class CloudTasksCore:
         task_tombstone_ttl: float = 3600.0,
         queue_tombstone_ttl: float = 7 * 24 * 3600.0,
         strict_deadlines: bool = True,
+        store: SqliteStore | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.strict_deadlines = strict_deadlines
-        self._state = EmulatorState(task_tombstone_ttl=task_tombstone_ttl, queue_tombstone_ttl=queue_tombstone_ttl)
+        self._state = EmulatorState(
+            task_tombstone_ttl=task_tombstone_ttl, queue_tombstone_ttl=queue_tombstone_ttl, journal=store
+        )
         self._engine = DispatchEngine(self._state, minter)
         self._listeners: list[Callable[[], None]] = []
         self._queue_uids = itertools.count(1)
+        if store is not None:
+            with self._state.lock:
+                self._queue_uids = itertools.count(store.restore(self._state, self.clock) + 1)
+                for queue in self._state.queues.values():
+                    for record in queue.tasks.values():
+                        self._engine.enqueue(queue, record)
 
     # ----- dispatch (see engine.py) -----
 
@@ -132,14 +165,15 @@ class CloudTasksCore:
         if not queue.name:
             raise invalid_argument("queue.name is required")
         if check_queue_name(queue.name, "queue.name") != request.parent:
-            raise invalid_argument(f'queue.name "{queue.name}" is not in the parent location "{request.parent}"')
+            raise invalid_argument(QUEUE_PARENT_MISMATCH_MESSAGE.format(name=queue.name, parent=request.parent))
         settings = normalize_queue(queue)  # arguments are checked before existence, as Cloud Tasks does
         now = self.clock.now()
         with self._state.lock:
             if queue.name in self._state.queues:
-                raise CloudTasksError(grpc.StatusCode.ALREADY_EXISTS, ALREADY_EXISTS_MESSAGE)
+                raise CloudTasksError(grpc.StatusCode.ALREADY_EXISTS, QUEUE_ALREADY_EXISTS_MESSAGE)
             self._add_queue(queue, settings, now)
             result = tasks_v2.Queue(queue)
+        self._state.journal.commit()
         self._notify()
         return result
 
@@ -183,7 +217,9 @@ class CloudTasksCore:
             else:
                 self._engine.retune(existing, settings, now)
                 existing.queue = updated
+                self._state.journal.queue_saved(existing)
             result = tasks_v2.Queue(updated)
+        self._state.journal.commit()
         self._notify()
         return result
 
@@ -191,10 +227,8 @@ class CloudTasksCore:
         check_queue_name(request.name)
         now = self.clock.now()
         with self._state.lock:
-            queue = self._queue(request.name)
-            self._state.drop_all_tasks(queue, now)
-            del self._state.queues[queue.name]
-            self._state.queue_tombstones.add(queue.name, now)
+            self._state.drop_queue(self._queue(request.name, NOT_FOUND_MESSAGE), now)
+        self._state.journal.commit()
 
     def pause_queue(self, request: tasks_v2.PauseQueueRequest) -> tasks_v2.Queue:
         return self._set_state(request.name, _PAUSED)
@@ -211,7 +245,9 @@ class CloudTasksCore:
             self._state.drop_all_tasks(queue, now)
             queue.heap.clear()
             tasks_v2.Queue.pb(queue.queue).purge_time.FromMicroseconds(epoch_micros(now))
+            self._state.journal.queue_saved(queue)
             result = tasks_v2.Queue(queue.queue)
+        self._state.journal.commit()
         self._notify()
         return result
 
@@ -240,7 +276,9 @@ class CloudTasksCore:
             record = TaskRecord(stored.name, self._state.next_seq(), stored, spec, created=now, schedule=spec.schedule)
             queue.tasks[record.name] = record
             self._engine.enqueue(queue, record)
+            self._state.journal.task_created(queue, record)
             result = task_view(record, request.response_view)
+        self._state.journal.commit()
         self._notify()
         return result
 
@@ -253,7 +291,7 @@ class CloudTasksCore:
     def list_tasks(self, request: tasks_v2.ListTasksRequest) -> tasks_v2.ListTasksResponse:
         check_queue_name(request.parent, "parent")
         with self._state.lock:
-            queue = self._queue(request.parent)
+            queue = self._queue(request.parent, NOT_FOUND_MESSAGE)
             page, token = page_of(
                 ((r.seq, r) for r in queue.tasks.values()),
                 kind="tasks",
@@ -272,6 +310,7 @@ class CloudTasksCore:
         with self._state.lock:
             queue, record = self._task(request.name, now)
             self._state.drop_task(queue, record, now, Ending.DELETED)
+        self._state.journal.commit()
 
     def run_task(self, request: tasks_v2.RunTaskRequest) -> tasks_v2.Task:
         """Dispatch now, even if the queue is PAUSED or rate-limited; returns the task as dispatched."""
@@ -284,12 +323,29 @@ class CloudTasksCore:
         self._notify()
         return result
 
+    def buffer_task(self, queue_name: str, task_id: str, body: bytes, content_type: str | None) -> tasks_v2.Task:
+        """BufferTask (REST only; see http.py): a task made of an HTTP body alone, on a queue with queue-level
+        routing, which decides where it goes at dispatch. It is created by create_task, under every rule of it.
+        `task_id` "" lets the emulator choose one; the task is returned in BASIC view."""
+        check_queue_name(queue_name, "queue")
+        with self._state.lock:
+            target = self._queue(queue_name).settings.target
+            if target is None or target.uri is None or not target.uri.host:
+                raise CloudTasksError(
+                    grpc.StatusCode.FAILED_PRECONDITION, BUFFER_NEEDS_ROUTING_MESSAGE.format(queue=queue_name)
+                )
+        headers = {"Content-Type": content_type} if content_type else {}
+        task = tasks_v2.Task(http_request=tasks_v2.HttpRequest(headers=headers, body=body))
+        if task_id:
+            task.name = f"{queue_name}/tasks/{task_id}"
+        return self.create_task(tasks_v2.CreateTaskRequest(parent=queue_name, task=task))
+
     # ----- internals (callers hold the lock) -----
 
-    def _queue(self, name: str) -> QueueRecord:
+    def _queue(self, name: str, missing: str = QUEUE_MISSING_MESSAGE) -> QueueRecord:
         queue = self._state.queues.get(name)
         if queue is None:
-            raise _not_found()
+            raise _not_found(missing)
         return queue
 
     def _task(self, name: str, now: float) -> tuple[QueueRecord, TaskRecord]:
@@ -304,8 +360,10 @@ class CloudTasksCore:
     def _task_name(self, queue: QueueRecord, requested: str, now: float) -> str:
         """The requested name if free (named tasks de-duplicate), else ALREADY_EXISTS; a fresh id when empty."""
         if requested:
-            if requested in queue.tasks or self._state.task_tombstones.holds(requested, now):
-                raise CloudTasksError(grpc.StatusCode.ALREADY_EXISTS, ALREADY_EXISTS_MESSAGE)
+            if requested in queue.tasks:
+                raise CloudTasksError(grpc.StatusCode.ALREADY_EXISTS, TASK_ALREADY_EXISTS_MESSAGE)
+            if self._state.task_tombstones.holds(requested, now):
+                raise CloudTasksError(grpc.StatusCode.ALREADY_EXISTS, TASK_NAME_TOO_RECENT_MESSAGE)
             return requested
         while True:
             name = f"{queue.name}/tasks/{generated_task_id()}"
@@ -319,7 +377,7 @@ class CloudTasksCore:
         pb = tasks_v2.Queue.pb(queue)
         pb.state = _RUNNING
         pb.ClearField("purge_time")
-        self._state.queues[queue.name] = QueueRecord(
+        record = QueueRecord(
             name=queue.name,
             uid=next(self._queue_uids),
             seq=self._state.next_seq(),
@@ -327,13 +385,17 @@ class CloudTasksCore:
             settings=settings,
             tat=now,  # the bucket starts full
         )
+        self._state.queues[queue.name] = record
+        self._state.journal.queue_saved(record)
 
     def _set_state(self, name: str, state: int) -> tasks_v2.Queue:
         check_queue_name(name)
         with self._state.lock:
             queue = self._queue(name)
             tasks_v2.Queue.pb(queue.queue).state = state
+            self._state.journal.queue_saved(queue)
             result = tasks_v2.Queue(queue.queue)
+        self._state.journal.commit()
         self._notify()
         return result
 
@@ -345,3 +407,55 @@ class CloudTasksCore:
                 listener()
             except Exception:  # a broken listener must not fail the RPC that triggered it
                 _LOG.exception("a Cloud Tasks emulator change listener failed")
+
+    # ----- console reads -----
+    # Read-only views for the web console (localcloud/emulator/console/). The lock is held only while plain
+    # values are copied out of the records (console/reads.py); the console serializes them after it is released.
+
+    def console_queues(self) -> list[QueueView]:
+        now = self.clock.now()
+        with self._state.lock:
+            return [queue_view(queue, now) for queue in self._state.queues.values()]
+
+    def console_tasks(
+        self, queue_name: str, *, after: int = -1, limit: int = 100, state: TaskState | None = None
+    ) -> TaskPage | None:
+        """One page of a queue's tasks (of `state`, when given) in creation order: the first `limit` whose
+        sequence number is above `after`. None when there is no such queue."""
+        now = self.clock.now()
+        with self._state.lock:
+            queue = self._state.queues.get(queue_name)
+            if queue is None:
+                return None
+            page: list[TaskRow] = []
+            total, before, more = 0, 0, False
+            for record in queue.tasks.values():  # creation order, so sequence order
+                if state is not None and task_state(record, now) is not state:
+                    continue
+                total += 1
+                if record.seq <= after:
+                    before += 1
+                elif len(page) < limit:
+                    page.append(task_row(record, now))
+                else:
+                    more = True
+        return TaskPage(page, total, before, page[-1].seq if more and page else None)
+
+    def console_task(self, name: str) -> TaskDetail | None:
+        """The task `name` in its queue, or else the latest finished task of that name; None if neither."""
+        now = self.clock.now()
+        with self._state.lock:
+            queue = self._state.queues.get(name.rsplit("/tasks/", 1)[0])
+            record = queue.tasks.get(name) if queue is not None else None
+            if queue is not None and record is not None:
+                return task_detail(queue, record, now, None)
+            finished = next((f for f in reversed(self._state.finished) if f.record.name == name), None)
+            if finished is None:
+                return None
+            return task_detail(self._state.queues.get(finished.queue_name), finished.record, now, finished)
+
+    def console_finished(self, queue_name: str | None = None, limit: int = 100) -> list[FinishedView]:
+        """The tasks that left their queue lately (those of `queue_name`, when given), newest first."""
+        with self._state.lock:
+            latest = (f for f in reversed(self._state.finished) if queue_name is None or f.queue_name == queue_name)
+            return [finished_view(finished) for finished in itertools.islice(latest, limit)]

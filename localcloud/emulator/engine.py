@@ -13,6 +13,9 @@ Rules (queue.py RateLimits / RetryConfig, target.py HttpRequest):
   completion time + backoff, or deleted once retrying is over.
 * RunTask dispatches at once, even on a PAUSED queue or with no tokens left; if it fails, the next attempt is
   scheduled at the RunTask time + backoff ("reset to the time that RunTask was called plus the retry delay").
+
+The start of an attempt changes memory only; its outcome (the task dropped, or rescheduled) is told to the
+state's journal, which a durable store commits in groups (store.py: what a crash costs).
 """
 
 from __future__ import annotations
@@ -262,6 +265,7 @@ class DispatchEngine:
             return
         base = attempt.dispatch_time if attempt.forced else now
         record.schedule = base + backoff_delay(policy, record.dispatch_count)
+        self._state.journal.task_rescheduled(queue, record)
         if record.running == 0:
             self.enqueue(queue, record)
 

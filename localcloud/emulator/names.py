@@ -3,6 +3,8 @@
 Rules from the API docs (queue.py / task.py): PROJECT_ID letters, digits, hyphens, colons, periods; QUEUE_ID
 and TASK_ID as contract.cloud_tasks has them.
 A malformed name is INVALID_ARGUMENT, never NOT_FOUND: Cloud Tasks checks the format before looking anything up.
+The texts are errors.py's: Cloud Tasks' own where they are on record (queue names, task ids, a task in another
+queue), ours for locations and task-name formats.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ import re
 import secrets
 
 from contract import cloud_tasks
-from localcloud.emulator.errors import invalid_argument
+from localcloud.emulator.errors import (
+    QUEUE_NAME_FORMAT_MESSAGE,
+    TASK_ID_MESSAGE,
+    TASK_QUEUE_MISMATCH_MESSAGE,
+    invalid_argument,
+)
 
 __all__ = [
     "check_location",
@@ -37,6 +44,10 @@ def _clip(text: str, limit: int = 120) -> str:
 
 
 def check_location(parent: str, field: str = "parent") -> None:
+    # Cloud Tasks answers a malformed parent with PERMISSION_DENIED "Permission denied on resource project
+    # not-a-valid-parent." (aertje's golden, queue/create/invalid-parent): it reads the text as a project it may
+    # not touch. The emulator checks no permissions, so it keeps INVALID_ARGUMENT with our text, which opens with
+    # Google's generic one ("Invalid resource field value in the request.", googleapis/nodejs-tasks#394).
     if not _LOCATION_RE.fullmatch(parent):
         raise invalid_argument(
             f'Invalid resource field value in the request: {field} "{_clip(parent)}" must be "{_LOCATION_FORMAT}"'
@@ -44,13 +55,11 @@ def check_location(parent: str, field: str = "parent") -> None:
 
 
 def check_queue_name(name: str, field: str = "name") -> str:
-    """Validate a queue name and return its parent location."""
+    """Validate a queue name and return its parent location. `field` is the request field that holds it: Cloud
+    Tasks' text names no field, so neither does this one; callers still say which they check."""
     match = _QUEUE_RE.fullmatch(name)
     if match is None:
-        raise invalid_argument(
-            f'Invalid resource field value in the request: {field} "{_clip(name)}" must be "{_QUEUE_FORMAT}" '
-            "(QUEUE_ID: letters, digits and hyphens, at most 100 characters)"
-        )
+        raise invalid_argument(QUEUE_NAME_FORMAT_MESSAGE)
     return match["parent"]
 
 
@@ -63,12 +72,9 @@ def check_task_name(name: str, parent: str | None = None) -> str:
         )
     check_queue_name(match["queue"], "task name")
     if not _TASK_ID_RE.fullmatch(match["id"]):
-        raise invalid_argument(
-            f'Invalid task ID "{_clip(match["id"])}": a task ID may contain only letters, numbers, hyphens and '
-            "underscores, and be 1 to 500 characters long"
-        )
+        raise invalid_argument(TASK_ID_MESSAGE.format(task_id=match["id"]))
     if parent is not None and match["queue"] != parent:
-        raise invalid_argument(f'Task name "{_clip(name)}" is not in the queue of the parent "{_clip(parent)}"')
+        raise invalid_argument(TASK_QUEUE_MISMATCH_MESSAGE.format(parent=parent, queue=match["queue"]))
     return match["queue"]
 
 

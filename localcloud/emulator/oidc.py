@@ -1,6 +1,7 @@
 """Google-style OIDC ID tokens, as Cloud Tasks attaches to HTTP tasks with an `oidc_token`.
 
-Tokens are RS256 JWTs signed with a key generated per `TokenIssuer` (per emulator run), carrying the claims
+Tokens are RS256 JWTs signed with a key generated per `TokenIssuer` (per emulator run; a durable emulator
+saves it in its data dir and signs with it again after a restart, see store.py), carrying the claims
 Google puts in a service account's ID token. By default `iss` is Google's own issuer, so verifiers that pin
 it (google-auth's `verify_oauth2_token`, `handler.oidc.TokenVerifier`) accept the tokens: point their certs
 URL at `OidcHttpServer` (localcloud.emulator.http), which serves this issuer's keys. Its discovery document
@@ -37,6 +38,13 @@ def subject_id(email: str) -> str:
     return str(10**20 + digest % (9 * 10**20))
 
 
+def _rsa_private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"the saved signing key is a {type(key).__name__}, not an RSA key")
+    return key
+
+
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -46,13 +54,24 @@ class TokenIssuer:
     """Mints Google-style OIDC ID tokens with a key generated per instance (per emulator run)."""
 
     def __init__(
-        self, *, issuer: str = GOOGLE_ISSUER, lifetime_seconds: int = 3600, clock: Callable[[], float] = time.time
+        self,
+        *,
+        issuer: str = GOOGLE_ISSUER,
+        lifetime_seconds: int = 3600,
+        clock: Callable[[], float] = time.time,
+        signing_key: tuple[bytes, str] | None = None,
     ) -> None:
+        """`signing_key`: (PKCS#8 PEM, kid) of a key from an earlier run (`saved_key()`), so that a verifier
+        holding that run's certs keeps accepting the tokens; by default a new key and kid."""
         self.issuer = issuer
-        self.kid = secrets.token_hex(20)  # Google's kids are 40 hex digits too
         self._lifetime = lifetime_seconds
         self._clock = clock
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if signing_key is None:
+            self.kid = secrets.token_hex(20)  # Google's kids are 40 hex digits too
+            self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            self.kid = signing_key[1]
+            self._key = _rsa_private_key(signing_key[0])
         self._signer = crypt.RSASigner(self._key, key_id=self.kid)  # type: ignore[no-untyped-call]
         self._cert_pem = self._self_signed_cert()
 
@@ -72,6 +91,13 @@ class TokenIssuer:
         }
         token: bytes = jwt.encode(self._signer, claims, key_id=self.kid)  # type: ignore[no-untyped-call]
         return token.decode()
+
+    def saved_key(self) -> tuple[bytes, str]:
+        """(the private key as unencrypted PKCS#8 PEM, the kid): what `signing_key` takes to sign as this issuer."""
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return pem, self.kid
 
     def pem_certs(self) -> dict[str, str]:
         """{kid: self-signed x509 certificate PEM}: Google's v1 certs format."""

@@ -11,7 +11,11 @@ HTTP task of the queue, existing and future, so an UpdateQueue changes where pen
 * `oidc_token` / `oauth_token`: replace the task's authorization.
 
 Validation follows the same docs: URLs must be http(s) and at most 2083 characters; a body only with POST, PUT
-or PATCH; headers under 80 KB; queue-level tokens need both the account and the audience (or scope).
+or PATCH; headers under 80 KB; queue-level tokens need both the account and the audience (or scope). A missing
+task URL and a scheme other than http(s) get Cloud Tasks' own texts (errors.py); the other texts are ours.
+Cloud Tasks also refuses a token on a plain-http URL ("HttpRequest.url must start with 'https://' for request
+with HttpRequest.authorization_header", googleapis/nodejs-tasks#353); the emulator does not, since local mode
+sends OIDC tokens to a handler on http://127.0.0.1.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from google.cloud import tasks_v2
 
 from contract import cloud_tasks as limits
-from localcloud.emulator.errors import invalid_argument
+from localcloud.emulator.errors import URL_REQUIRED_MESSAGE, URL_SCHEME_MESSAGE, invalid_argument
 
 __all__ = [
     "DEFAULT_OAUTH_SCOPE",
@@ -138,7 +142,7 @@ def _check_headers(pairs: list[tuple[str, str]], field: str) -> tuple[tuple[str,
 
 def _check_url(url: str, field: str) -> None:
     if not url.lower().startswith(("http://", "https://")):
-        raise invalid_argument(f'{field} "{url[:120]}" must begin with "http://" or "https://"')
+        raise invalid_argument(URL_SCHEME_MESSAGE)
     if len(url) > limits.MAX_URL_LENGTH:
         raise invalid_argument(f"{field} is {len(url)} characters long; the maximum is {limits.MAX_URL_LENGTH}")
     try:
@@ -180,7 +184,7 @@ def parse_task_request(request: tasks_v2.HttpRequest, *, url_optional: bool) -> 
     if pb.url:
         _check_url(pb.url, "HttpRequest.url")
     elif not url_optional:
-        raise invalid_argument("HttpRequest.url is required (or set a uri_override on the queue's http_target)")
+        raise invalid_argument(URL_REQUIRED_MESSAGE)
     method = _method_name(pb.http_method, "HttpRequest.http_method") or "POST"
     if pb.body and method in BODYLESS_METHODS:
         raise invalid_argument(f"HttpRequest.body is only allowed with POST, PUT or PATCH, not {method}")

@@ -2,6 +2,9 @@
 
 Records hold plain Python values for everything dispatch touches (schedule, counters, parsed settings), so the
 hot path never goes through proto-plus; the protobuf Task is only built when a client asks for one.
+
+Every change that must outlive the process is also told to the state's `Journal`: the default one forgets it
+(in memory only, at the cost of a method call), `store.SqliteStore` writes it to SQLite.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "EmulatorState",
     "Ending",
     "FinishedTask",
+    "Journal",
     "QueueRecord",
     "TaskRecord",
     "Tombstones",
@@ -124,10 +128,17 @@ class Tombstones:
         self._expiry: dict[str, float] = {}
         self._order: deque[tuple[float, str]] = deque()  # expiry order, since the TTL is fixed
 
-    def add(self, name: str, now: float) -> None:
-        if self.ttl > 0:
-            self._expiry[name] = now + self.ttl
-            self._order.append((now + self.ttl, name))
+    def add(self, name: str, now: float) -> float | None:
+        """Reserve `name` from `now`; its expiry, or None when the TTL is 0 (not reserved)."""
+        if self.ttl <= 0:
+            return None
+        self.restore(name, now + self.ttl)
+        return now + self.ttl
+
+    def restore(self, name: str, expiry: float) -> None:
+        """Reserve `name` until `expiry` (a tombstone saved by an earlier run; restore them in expiry order)."""
+        self._expiry[name] = expiry
+        self._order.append((expiry, name))
 
     def holds(self, name: str, now: float) -> bool:
         self._expire(now)
@@ -144,14 +155,48 @@ class Tombstones:
                 del self._expiry[name]
 
 
+class Journal:
+    """Where the state's lasting changes go: nowhere (the emulator keeps everything in memory only).
+
+    Each method is called under the state lock, right after the change it names, so the calls come in the
+    order of the changes; `commit()` is called by an RPC, without the lock, before it answers. A durable
+    journal (store.SqliteStore) records them and makes them last; this one does nothing.
+    """
+
+    def queue_saved(self, queue: QueueRecord) -> None:
+        """`queue` was created, or its message changed (update, pause, resume, purge time)."""
+
+    def queue_dropped(self, queue: QueueRecord, tombstone_until: float | None) -> None:
+        """`queue` was deleted (its tasks were dropped first); its name is reserved until `tombstone_until`."""
+
+    def task_created(self, queue: QueueRecord, record: TaskRecord) -> None:
+        """`record` was added to `queue`."""
+
+    def task_rescheduled(self, queue: QueueRecord, record: TaskRecord) -> None:
+        """An attempt of `record` failed and it will be retried: its counters, history and schedule changed."""
+
+    def task_dropped(self, queue: QueueRecord, record: TaskRecord, tombstone_until: float | None) -> None:
+        """`record` left `queue` (done, failed for good, deleted, purged, expired); its name is reserved until
+        `tombstone_until`."""
+
+    def cleared(self) -> None:
+        """Every queue, task and tombstone was forgotten."""
+
+    def commit(self) -> None:
+        """Return once every change told so far lasts."""
+
+
 class EmulatorState:
     """Everything the core and the dispatch engine share, guarded by one re-entrant lock.
 
     The lock is held only for dictionary and counter work, never across I/O or token signing.
     """
 
-    def __init__(self, *, task_tombstone_ttl: float, queue_tombstone_ttl: float) -> None:
+    def __init__(
+        self, *, task_tombstone_ttl: float, queue_tombstone_ttl: float, journal: Journal | None = None
+    ) -> None:
         self.lock = threading.RLock()
+        self.journal = journal if journal is not None else Journal()
         self.queues: dict[str, QueueRecord] = {}  # insertion order = creation order
         self.task_tombstones = Tombstones(task_tombstone_ttl)
         self.queue_tombstones = Tombstones(queue_tombstone_ttl)
@@ -161,12 +206,17 @@ class EmulatorState:
     def next_seq(self) -> int:
         return next(self._seq)
 
+    def restore_seq(self, last: int) -> None:
+        """Continue numbering after `last`, the highest sequence number of the records restored."""
+        self._seq = itertools.count(last + 1)
+
     def drop_task(self, queue: QueueRecord, record: TaskRecord, now: float, ending: str) -> None:
         """Remove a deleted, purged, completed or permanently failed task (`ending`, an Ending); its name stays
         reserved a while, and it is kept among the finished tasks."""
         if queue.tasks.get(record.name) is record:
             del queue.tasks[record.name]
-            self.task_tombstones.add(record.name, now)
+            tombstone_until = self.task_tombstones.add(record.name, now)
+            self.journal.task_dropped(queue, record, tombstone_until)
             self.finished.append(FinishedTask(queue.name, record, ending, now))
 
     def drop_all_tasks(self, queue: QueueRecord, now: float) -> None:
@@ -174,11 +224,18 @@ class EmulatorState:
         for record in list(queue.tasks.values()):
             self.drop_task(queue, record, now, Ending.PURGED)
 
+    def drop_queue(self, queue: QueueRecord, now: float) -> None:
+        """DeleteQueue: its tasks dropped, the queue removed, its name reserved a while."""
+        self.drop_all_tasks(queue, now)
+        del self.queues[queue.name]
+        self.journal.queue_dropped(queue, self.queue_tombstones.add(queue.name, now))
+
     def reset(self) -> None:
         self.queues.clear()
         self.task_tombstones.clear()
         self.queue_tombstones.clear()
         self.finished.clear()
+        self.journal.cleared()
 
 
 # google.rpc.Code for an HTTP status, the standard mapping (google/rpc/code.proto); others: UNKNOWN (2).
