@@ -507,7 +507,6 @@ def test_reset_empties_the_store(durable: Durable, tmp_path: Path) -> None:
     queue = add_queue(durable.core, "q")
     add_task(durable.core, queue)
     durable.core.reset()
-    durable.store.commit()
     after = durable.crash(tmp_path / "crashed")
     assert after.core._state.queues == {}
     after.store.close()

@@ -155,6 +155,7 @@ class CloudTasksCore:
         with self._state.lock:
             self._state.reset()
             self._engine.reset()
+        self._state.journal.commit()
         self._notify()
 
     # ----- queues -----

@@ -11,7 +11,8 @@ token buckets (a restarted queue starts with a full bucket) and attempts in flig
 Guarantees:
 * An RPC that changes state (CreateQueue, UpdateQueue, PauseQueue, ResumeQueue, PurgeQueue, DeleteQueue,
   CreateTask, DeleteTask) commits its change before it answers, with every change recorded before it. One
-  that answered OK survives a `kill -9` of the emulator.
+  that answered OK survives a `kill -9` of the emulator. (RunTask only starts an attempt, whose outcome is
+  committed as any other's.)
 * After a restart every task is dispatched with its retry state intact: the same counts and the same next
   schedule time, so X-CloudTasks-TaskRetryCount, -TaskExecutionCount and -TaskPreviousResponse go on from
   where they were.
