@@ -24,7 +24,16 @@ from components.handler_service import TaskHandlerService, TaskHandlerServiceArg
 from components.invoker import InvokerIdentity, InvokerIdentityArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.settings import QUEUE_SUFFIX_HEX_LENGTH, Duration, QueueSettings, RateLimits, RetryPolicy, Settings
-from components.task_queue import ENQUEUER, TASK_DELETER, VIEWER, QueueGrant, QueueRouting, TaskQueue, TaskQueueArgs
+from components.task_queue import (
+    ENQUEUER,
+    TASK_DELETER,
+    VIEWER,
+    QueueGrant,
+    QueueRouting,
+    TaskQueue,
+    TaskQueueArgs,
+    queue_path,
+)
 from contract import cloud_tasks, dead_letters, handler_env
 from contract.outputs import OutputName, QueueField
 
@@ -145,8 +154,8 @@ def _deterministic_url(s: Settings) -> pulumi.Output[str]:
     return pulumi.Output.concat("https://", s.service.name, "-", number, ".", s.location, ".run.app")
 
 
-def _queue_path(s: Settings, queue_id: pulumi.Input[str]) -> pulumi.Output[str]:
-    return pulumi.Output.concat("projects/", s.project, "/locations/", s.location, "/queues/", queue_id)
+def _queue_path(s: Settings, queue_id: pulumi.Output[str]) -> pulumi.Output[str]:
+    return queue_id.apply(lambda value: queue_path(s.project, s.location, value))
 
 
 def _queue_entry_for_handler(q: QueueSettings) -> handler_env.QueueEntry:
@@ -259,13 +268,18 @@ def _exports(
     audience: pulumi.Output[str],
     usable: list[pulumi.CustomResource],
 ) -> dict[str, pulumi.Output[Any]]:
+    # One gate for every value below: it resolves once all of `usable` exists (and carries them as dependencies),
+    # so each value waits on one Output rather than on its own copy of the whole list.
+    usable_ids = pulumi.Output.all(*(r.id for r in usable)).apply(lambda _: None)
+
     def ready(value: pulumi.Input[Any]) -> pulumi.Output[Any]:
-        return pulumi.Output.all(value, *(r.id for r in usable)).apply(lambda values: values[0])
+        return pulumi.Output.all(value, usable_ids).apply(lambda values: values[0])
 
     service_url = ready(handler.uri)
-    queue_map = pulumi.Output.all(
-        **{q.key: pulumi.Output.all(queues[q.key].queue_id, queues[q.key].path, service_url) for q in s.queues}
-    ).apply(lambda parts: {q.key: _queue_entry(s, q, *parts[q.key]) for q in s.queues})
+    # One flat Output.all over the queue ids: a nested all per queue costs an apply per level and per value. Each
+    # path is the queue's own (TaskQueue.path, from the same id and resource) derived from the id, not awaited.
+    queue_ids = [queues[q.key].queue_id for q in s.queues]
+    queue_map = pulumi.Output.all(service_url, *queue_ids).apply(lambda parts: _queue_map(s, parts[0], parts[1:]))
     default = queues[s.default_queue]
     return {
         OutputName.PROJECT: pulumi.Output.from_input(s.project),
@@ -282,6 +296,13 @@ def _exports(
         OutputName.CREATE_TASK_COMMAND: pulumi.Output.all(default.queue_id, service_url, invoker.email, audience).apply(
             lambda v: _gcloud_create_task(s, s.queue(s.default_queue), *v)
         ),
+    }
+
+
+def _queue_map(s: Settings, service_url: str, queue_ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        q.key: _queue_entry(s, q, queue_id, queue_path(s.project, s.location, queue_id), service_url)
+        for q, queue_id in zip(s.queues, queue_ids, strict=True)
     }
 
 

@@ -39,10 +39,11 @@ class MonitoringArgs:
     project: str
     location: str
     # Queue key (as in the stack config) -> physical queue id.
-    queue_ids: Mapping[str, pulumi.Input[str]]
+    # Outputs, not Inputs: Output.from_input on an Output is an apply of its own, per queue.
+    queue_ids: Mapping[str, pulumi.Output[str]]
     # The stack's dead-letter queue's id: any task in it is a task whose work was not done.
-    dead_letter_queue_id: pulumi.Input[str]
-    service_name: pulumi.Input[str]
+    dead_letter_queue_id: pulumi.Output[str]
+    service_name: pulumi.Output[str]
     settings: MonitoringSettings
     labels: Mapping[str, str] = field(default_factory=dict)
     # Starts every policy's and the dashboard's display name, so a page says which stack it is about.
@@ -75,9 +76,8 @@ class Monitoring(pulumi.ComponentResource):
         self.channels: pulumi.Output[list[str]] = pulumi.Output.all(
             *s.notification_channels, *(c.name for c in self.email_channels)
         )
-        ids = pulumi.Output.all(**{key: pulumi.Output.from_input(v) for key, v in args.queue_ids.items()})
-        service = pulumi.Output.from_input(args.service_name)
-        dead_letter_id = pulumi.Output.from_input(args.dead_letter_queue_id)
+        service = args.service_name
+        dead_letter_id = args.dead_letter_queue_id
         target = _Target(args.project, args.location)
 
         def policy(
@@ -121,9 +121,7 @@ class Monitoring(pulumi.ComponentResource):
             ]
 
         self.policies: list[gcp.monitoring.AlertPolicy] = [
-            made
-            for key, queue_id in args.queue_ids.items()
-            for made in queue_policies(key, pulumi.Output.from_input(queue_id))
+            made for key, queue_id in args.queue_ids.items() for made in queue_policies(key, queue_id)
         ]
         self.policies.append(
             policy(
@@ -155,8 +153,11 @@ class Monitoring(pulumi.ComponentResource):
         self.dashboard = gcp.monitoring.Dashboard(
             f"{name}-dashboard",
             project=args.project,
-            dashboard_json=pulumi.Output.all(ids, dead_letter_id, service).apply(
-                lambda v: json.dumps(dashboard(args.title, v[0], v[1], v[2], args.location))
+            # One flat Output.all: an Output of the id dict would be unwrapped again, key by key.
+            dashboard_json=pulumi.Output.all(dead_letter_id, service, *args.queue_ids.values()).apply(
+                lambda v: json.dumps(
+                    dashboard(args.title, dict(zip(args.queue_ids, v[2:], strict=True)), v[0], v[1], args.location)
+                )
             ),
             opts=child,
         )

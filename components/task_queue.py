@@ -41,7 +41,7 @@ class QueueGrant:
 
 @dataclass(frozen=True)
 class TaskQueueArgs:
-    project: pulumi.Input[str]
+    project: str
     location: str
     # Physical queue id. Never reuse one: a deleted queue's id stays blocked for up to 7 days.
     queue_id: pulumi.Input[str]
@@ -108,10 +108,16 @@ class TaskQueue(pulumi.ComponentResource):
             for grant in unique.values()
         ]
         self.queue_id: pulumi.Output[str] = self.queue.name
-        self.path: pulumi.Output[str] = pulumi.Output.concat(
-            "projects/", args.project, "/locations/", args.location, "/queues/", self.queue.name
+        # One apply on the queue's name: project and location are config, known before anything runs.
+        self.path: pulumi.Output[str] = self.queue.name.apply(
+            lambda queue_id: queue_path(args.project, args.location, queue_id)
         )
         self.register_outputs({"path": self.path})
+
+
+def queue_path(project: str, location: str, queue_id: str) -> str:
+    """The queue's full name, as Cloud Tasks' API and the task client take it."""
+    return f"projects/{project}/locations/{location}/queues/{queue_id}"
 
 
 def _http_target(routing: QueueRouting) -> gcp.cloudtasks.QueueHttpTargetArgs:

@@ -191,6 +191,16 @@ def test_the_dashboard_has_a_row_of_charts_per_queue_and_the_handler(run: Progra
     assert all(t["xPos"] + t["width"] <= 12 for t in tiles)
 
 
+def test_each_dashboard_chart_named_for_a_queue_shows_that_queue(run: ProgramRun) -> None:
+    (board,) = run.of_type(DASHBOARD)
+    tiles = json.loads(board.inputs["dashboardJson"])["mosaicLayout"]["tiles"]
+    charts = {t["widget"]["title"]: t["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"] for t in tiles}
+    ids = queue_ids(run)
+    assert len(ids) >= 2  # one queue alone could not be paired with another's id
+    for key, queue_id in ids.items():
+        assert charts[f"{key}: depth"]["timeSeriesFilter"]["filter"] == queue_filter(QUEUE_DEPTH, queue_id)
+
+
 def test_every_monitoring_resource_waits_for_the_monitoring_api(run: ProgramRun) -> None:
     (api,) = [a for a in run.of_type(API) if a.inputs["service"] == "monitoring.googleapis.com"]
     assert api.inputs["disableOnDestroy"] is False
