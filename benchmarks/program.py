@@ -1,6 +1,6 @@
 """Program evaluation: time and peak memory of __main__.py under Pulumi's mocks, against a hand-written baseline.
 
-    venv/bin/python benchmarks/program.py [--repeat 5] [--queues 1,10,100] [--profile]
+    venv/bin/python benchmarks/program.py [--repeat 5] [--queues 1,10,100] [--profile] [--check]
 
 Both programs run through `localcloud.program.evaluate` (the mocks the tests use, with `SimulatedGcp`)
 with the dev stack's config and its `queues` replaced by N generated queues, q0..qN-1, each with a
@@ -9,14 +9,18 @@ retry and a rate setting. Contenders:
   minimal  benchmarks/minimal_program.py: a flat pulumi-gcp script creating the same GCP resources
 
 Before anything is timed, one run of each per N checks that both register the same resource types in the
-same counts (every registration but the real program's own component resources, which are its overhead);
-the benchmark stops if they differ. Every measurement is then a fresh interpreter, so each pays its own
-imports, starts from empty Pulumi runtime state, and has its own peak RSS. The parent has the stack
-file's config read once (in a child of its own, to stay small) and hands it to each child on stdin; the
-child imports localcloud.program (pulumi) untimed, then times `evaluate()` with perf_counter: that
-includes the program's own first imports (pulumi_gcp's modules, components/), running it, and collecting
-the registrations. The N values and both programs are interleaved in each repetition, in alternating
-order, so drift on a shared machine falls on all alike; each cell is the median of --repeat runs.
+same counts (every registration but the real program's own component resources, which are its overhead),
+each with inputs of the same shape (the same keys, nested alike, the same list lengths, leaves of the
+same kind; `shape()`): both send the engine the same work, and only the values differ. The benchmark
+stops, naming the input paths, if they differ. Those runs also fill the children's bytecode cache
+(`child_env()`), so the timed runs load compiled modules, as any run after a program's first does. Every
+measurement is then a fresh interpreter, so each pays its own imports, starts from empty Pulumi runtime
+state, and has its own peak RSS. The parent has the stack file's config read once (in a child of its own,
+to stay small) and hands it to each child on stdin; the child imports localcloud.program (pulumi)
+untimed, then times `evaluate()` with perf_counter: that includes the program's own first imports
+(pulumi_gcp's modules, components/), running it, and collecting the registrations. The N values and both
+programs are interleaved in each repetition, in alternating order, so drift on a shared machine falls on
+all alike; each cell is the median of --repeat runs.
 
 Peak memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss` read in the child after the run: the
 process's high-water mark, so it counts C allocations too (protobuf structs the mock monitor builds,
@@ -37,6 +41,7 @@ runs under cProfile at the two largest sizes and the functions whose time grows 
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import functools
 import itertools
@@ -44,6 +49,7 @@ import json
 import os
 import pstats
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,11 +111,28 @@ def child(program: str, profile_to: str | None) -> None:
     if profiler and profile_to:
         profiler.dump_stats(profile_to)
     types = Counter(r.type for r in run.resources)
-    result = {"ms": 1000 * elapsed, "before_kib": before_kib, "peak_kib": peak_kib, "types": types}
+    shapes = sorted([r.type, json.dumps(shape(r.inputs))] for r in run.resources if not is_component(r.type))
+    result = {"ms": 1000 * elapsed, "before_kib": before_kib, "peak_kib": peak_kib, "types": types, "shapes": shapes}
     print(json.dumps(result))
 
 
 # --- parent -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def child_env() -> dict[str, str]:
+    """The children's environment: bytecode cached in a directory of the benchmark's own.
+
+    The first child to import a module compiles it and caches it there (the untimed check runs first), so
+    timed children load bytecode, as a program's second run does on a user's machine. Without this, a
+    PYTHONDONTWRITEBYTECODE=1 in the environment (this machine sets it) would have every child compile the
+    project's own modules from source while pulumi_gcp's come compiled from the install: a cost of the
+    environment that falls on the real program alone.
+    """
+    cache = tempfile.mkdtemp(prefix="program-bench-pycache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": cache}
 
 
 def measure(program: str, queues: int, profile_to: str | None = None) -> dict[str, Any]:
@@ -117,17 +140,58 @@ def measure(program: str, queues: int, profile_to: str | None = None) -> dict[st
     if profile_to:
         command += ["--profile-to", profile_to]
     config = json.dumps(queue_config(queues))
-    done = subprocess.run(command, input=config, capture_output=True, text=True, cwd=ROOT, check=False)
+    done = subprocess.run(command, input=config, capture_output=True, text=True, cwd=ROOT, env=child_env(), check=False)
     if done.returncode != 0:
         raise SystemExit(f"{program} with {queues} queues failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
+def is_component(resource_type: str) -> bool:
+    return resource_type.startswith(COMPONENT_PREFIX)
+
+
+def shape(value: Any) -> Any:
+    """The structure of a resource's inputs with the values left out: every key, every list's length, and
+    each leaf's kind. Two programs whose resources have the same shapes send the engine the same work."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [shape(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def leaf_paths(value: Any, path: str = "") -> set[str]:
+    """Each leaf of a shape as "path: kind"."""
+    if isinstance(value, dict):
+        return {p for key, item in value.items() for p in leaf_paths(item, f"{path}.{key}")}
+    if isinstance(value, list):
+        return {p for i, item in enumerate(value) for p in leaf_paths(item, f"{path}[{i}]")}
+    return {f"{path}: {value}"}
+
+
+def shape_difference(real: list[list[str]], minimal: list[list[str]]) -> str | None:
+    """None when both programs register resources of the same shapes; else the first type that differs, with
+    the input paths only one of the two programs sets."""
+    real_shapes, minimal_shapes = Counter(map(tuple, real)), Counter(map(tuple, minimal))
+    if real_shapes == minimal_shapes:
+        return None
+    only_real, only_minimal = real_shapes - minimal_shapes, minimal_shapes - real_shapes
+    resource_type = min(t for t, _ in (*only_real, *only_minimal))
+    mine = set().union(*(leaf_paths(json.loads(s)) for t, s in only_real if t == resource_type))
+    theirs = set().union(*(leaf_paths(json.loads(s)) for t, s in only_minimal if t == resource_type))
+    return (
+        f"{resource_type}: inputs of another shape; only the real program sets {sorted(mine - theirs)},"
+        f" only the minimal one {sorted(theirs - mine)}"
+    )
+
+
 def split_types(types: dict[str, int]) -> tuple[Counter[str], Counter[str]]:
     """(resources both programs must register, the real program's component resources)."""
-    resources = Counter({t: c for t, c in types.items() if not t.startswith(COMPONENT_PREFIX)})
-    components = Counter({t: c for t, c in types.items() if t.startswith(COMPONENT_PREFIX)})
+    resources = Counter({t: c for t, c in types.items() if not is_component(t)})
+    components = Counter({t: c for t, c in types.items() if is_component(t)})
     return resources, components
 
 
@@ -136,13 +200,17 @@ def check_same_resources(sizes: list[int]) -> dict[int, Counter[str]]:
     print("Checking both programs register the same resources (one untimed run of each per N)")
     expected = {}
     for queues in sizes:
-        real, components = split_types(measure("real", queues)["types"])
-        minimal, extra = split_types(measure("minimal", queues)["types"])
+        real_run, minimal_run = measure("real", queues), measure("minimal", queues)
+        real, components = split_types(real_run["types"])
+        minimal, extra = split_types(minimal_run["types"])
         if real != minimal or extra:
             diff = {t: (real[t], minimal[t]) for t in sorted(set(real) | set(minimal)) if real[t] != minimal[t]}
             raise SystemExit(f"N={queues}: type counts differ (real, minimal): {diff}")
+        difference = shape_difference(real_run["shapes"], minimal_run["shapes"])
+        if difference:
+            raise SystemExit(f"N={queues}: {difference}")
         print(
-            f"  N={queues:<4} {sum(real.values()):>4} resources of {len(real)} types in both;"
+            f"  N={queues:<4} {sum(real.values()):>4} resources of {len(real)} types, of the same shapes, in both;"
             f" the real program adds {sum(components.values())} component resources"
         )
         expected[queues] = real
@@ -181,11 +249,53 @@ def profile(sizes: list[int], top: int) -> None:
         ratio = f"{calls_high / calls_low:.1f}" if calls_low else "new"
         per_queue = 1000 * delta / (high - low)
         print(f"{per_queue:>9.3f}{100 * delta / added:>6.0f}%{calls_low:>12}{calls_high:>12}{ratio:>9}  {where}")
+    print_work_per_queue(low, high)
     print(f"\nCumulative time at N={high} (top {top}):")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "high.prof")
         measure("real", high, profile_to=path)
         pstats.Stats(path).sort_stats("cumulative").print_stats(top)
+
+
+# Pulumi SDK calls whose count per added queue is the program's work in the runtime: each apply, all and
+# from_input of an Output is a future and an asyncio task; each registration (and register_outputs) is an RPC.
+COUNTED_CALLS = {
+    "Output.apply": ("pulumi/output.py", "apply"),
+    "Output.all": ("pulumi/output.py", "all"),
+    "Output.from_input": ("pulumi/output.py", "from_input"),
+    "asyncio tasks": ("asyncio/base_events.py", "create_task"),
+    "registrations": ("pulumi/runtime/resource.py", "register_resource"),
+    "register_outputs": ("pulumi/runtime/resource.py", "register_resource_outputs"),
+}
+
+
+def print_work_per_queue(low: int, high: int) -> None:
+    """Calls per added queue of the SDK functions in COUNTED_CALLS, both programs, from one profiled run each:
+    counts, unlike times, do not drift with the load on the machine."""
+    per_queue = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for program in PROGRAMS:
+            counts = {}
+            for queues in (low, high):
+                path = os.path.join(tmp, f"{program}-{queues}.prof")
+                measure(program, queues, profile_to=path)
+                counts[queues] = _counted_calls(pstats.Stats(path).stats)  # type: ignore[attr-defined]
+            per_queue[program] = {
+                name: (counts[high][name] - counts[low][name]) / (high - low) for name in COUNTED_CALLS
+            }
+    print(f"\nSDK calls per added queue ({low}->{high}; counts, so free of the machine's load)")
+    print(f"{'call':<20}{'real':>8}{'minimal':>9}{'real/min':>10}")
+    for name in COUNTED_CALLS:
+        real, minimal = per_queue["real"][name], per_queue["minimal"][name]
+        ratio = f"{real / minimal:.2f}" if minimal else "-"
+        print(f"{name:<20}{real:>8.1f}{minimal:>9.1f}{ratio:>10}")
+
+
+def _counted_calls(stats: dict[tuple[str, int, str], tuple[Any, ...]]) -> dict[str, int]:
+    return {
+        name: sum(entry[1] for (file, _, function), entry in stats.items() if file.endswith(suffix) and function == fn)
+        for name, (suffix, fn) in COUNTED_CALLS.items()
+    }
 
 
 def _short_path(file: str) -> str:
@@ -201,6 +311,7 @@ def main() -> None:
     parser.add_argument("--queues", default="1,10,100", help="queue counts, comma-separated (default 1,10,100)")
     parser.add_argument("--profile", action="store_true", help="profile the real program even if it is flat")
     parser.add_argument("--top", type=int, default=15, help="functions listed by the profile (default 15)")
+    parser.add_argument("--check", action="store_true", help="only check that both register the same resources")
     parser.add_argument("--child", choices=sorted(PROGRAMS), help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,6 +323,8 @@ def main() -> None:
         parser.error("--queues needs at least two sizes")
 
     expected = check_same_resources(sizes)
+    if args.check:
+        return
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {(p, n): [] for p in PROGRAMS for n in sizes}
     for rep in range(args.repeat):
         order = list(PROGRAMS) if rep % 2 == 0 else list(reversed(PROGRAMS))
