@@ -22,6 +22,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from contract import handler_env
+
 gcp_config = pulumi.Config("gcp")
 config = pulumi.Config("cloudrun-tasks")
 project = gcp_config.require("project")
@@ -142,11 +144,11 @@ service = gcp.cloudrunv2.Service(
                 startup_probe=probe(),
                 liveness_probe=liveness(),
                 envs=[
-                    env("GOOGLE_CLOUD_PROJECT", project),
-                    env("TASKS_DEAD_LETTER_QUEUE", queue_ids["dead-letters"].apply(queue_path)),
-                    env("TASKS_INVOKER_EMAILS", invoker.email),
-                    env("TASKS_OIDC_AUDIENCE", f"https://{prefix}-handler-123456789012.{run_app}"),
-                    env("TASKS_QUEUES", pulumi.Output.all(**queue_ids).apply(queue_table)),
+                    env(handler_env.PROJECT, project),
+                    env(handler_env.DEAD_LETTER_QUEUE, queue_ids["dead-letters"].apply(queue_path)),
+                    env(handler_env.INVOKER_EMAILS, invoker.email),
+                    env(handler_env.OIDC_AUDIENCE, f"https://{prefix}-handler-123456789012.{run_app}"),
+                    env(handler_env.QUEUES, pulumi.Output.all(**queue_ids).apply(queue_table)),
                 ],
             )
         ],
