@@ -4,9 +4,18 @@ Starts `python -m handler` on loopback and drives it from this process with keep
 connections (plain asyncio streams: a load generator lighter than any HTTP client library, so the
 server is what is measured). The bare endpoint is GET /health; the task is POST /tasks/default with
 an empty JSON object and the Cloud Tasks headers, a new task id each time, so every request goes
-through header parsing, the idempotency claim, JSON decoding, the work function and the log entry.
+through header parsing, the idempotency claim (the in-memory store: the benchmark names no Redis),
+JSON decoding, the work function and the log entry. Token checks are off (the environment asks for none), as in
+local mode. Besides the rates, the server's own CPU time per request (/proc) is printed: on a machine
+shared with the load generator and other work, it drifts less than the rates.
 
     venv/bin/python benchmarks/handler.py [--seconds 5] [--connections 32]
+    venv/bin/python benchmarks/handler.py --breakdown      # + the same server with one step stubbed out
+    venv/bin/python benchmarks/handler.py --profile OUT    # + cProfile of the server under the task load
+
+--breakdown attributes the task's cost: benchmarks/handler_contenders.py starts the handler with one step
+of the no-op task stubbed out (benchmark-only knobs; the handler has none), each contender against its own
+GET /health in the same run. What a step costs is the full task's CPU per request less the contender's.
 """
 
 from __future__ import annotations
@@ -14,42 +23,115 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pstats
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from loopback import QUEUE, free_port, load, start_handler, task_request
+from loopback import QUEUE, cpu_seconds, free_port, load, start_handler, task_request
+
+BARE = "bare GET /health"
+TASK = "no-op task POST /tasks/default"
+CONTENDERS = Path(__file__).resolve().parent / "handler_contenders.py"
+# What each contender leaves out of the no-op task (benchmarks/handler_contenders.py).
+STEPS = {
+    "no-request-log": "the request's log entry",
+    "no-claim": "the idempotency claim (MemoryStore)",
+    "no-service": "all of TaskService (headers, claim, body, JSON, work, log)",
+}
 
 
 def bare_request(_: int) -> bytes:
     return b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
+def measure(handler: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> dict[str, list[float]]:
+    """name -> [requests, seconds, server CPU seconds], bare and task alternated twice."""
+    asyncio.run(load(port, bare_request, 1.0, connections))  # warm up
+    totals = {BARE: [0.0, 0.0, 0.0], TASK: [0.0, 0.0, 0.0]}
+    # Alternate the two twice, so drift on a shared machine falls on both alike.
+    makes: dict[str, Callable[[int], bytes]] = {BARE: bare_request, TASK: task_request}
+    for _ in range(2):
+        for name, make in makes.items():
+            cpu = cpu_seconds(handler.pid)
+            count, elapsed = asyncio.run(load(port, make, seconds / 2, connections))
+            totals[name][0] += count
+            totals[name][1] += elapsed
+            totals[name][2] += cpu_seconds(handler.pid) - cpu
+    return totals
+
+
+def run_server(command: list[str] | None, seconds: float, connections: int) -> dict[str, list[float]]:
+    port = free_port()
+    handler = start_handler(port, [QUEUE], None if command is None else [*command, str(port)])
+    try:
+        return measure(handler, port, seconds, connections)
+    finally:
+        handler.terminate()
+        handler.wait(timeout=15)
+
+
+def print_table(title: str, totals: dict[str, list[float]]) -> None:
+    rates = {name: count / seconds for name, (count, seconds, _) in totals.items()}
+    print(f"\n{title}")
+    print(f"{'endpoint':<34}{'requests':>10}{'req/s':>9}{'vs bare':>9}{'server CPU us/req':>19}")
+    for name, (count, _, cpu) in totals.items():
+        print(f"{name:<34}{count:>10.0f}{rates[name]:>9.0f}{rates[name] / rates[BARE]:>9.2f}{1e6 * cpu / count:>19.0f}")
+
+
+def breakdown(full: dict[str, list[float]], seconds: float, connections: int) -> None:
+    def per_request(totals: dict[str, list[float]], name: str) -> float:
+        return 1e6 * totals[name][2] / totals[name][0]
+
+    rows = []
+    for step, what in STEPS.items():
+        totals = run_server([sys.executable, str(CONTENDERS), step], seconds, connections)
+        print_table(f"contender {step}: without {what}", totals)
+        rows.append((step, what, totals))
+    task_cpu = per_request(full, TASK)
+    print(f"\nBreakdown of the no-op task, server CPU per request (full task: {task_cpu:.0f} us, bare: "
+          f"{per_request(full, BARE):.0f} us)")  # fmt: skip
+    print(f"{'without':<16}{'us/req':>8}{'step costs us':>15}{'task vs bare':>14}  step")
+    for step, what, totals in rows:
+        cpu = per_request(totals, TASK)
+        ratio = (totals[TASK][0] / totals[TASK][1]) / (totals[BARE][0] / totals[BARE][1])
+        print(f"{step:<16}{cpu:>8.0f}{task_cpu - cpu:>15.0f}{ratio:>14.2f}  {what}")
+
+
+def profile(out: str, seconds: float, connections: int) -> None:
+    """The full server under cProfile while it serves the task load; the top of the profile printed."""
+    port = free_port()
+    command = [sys.executable, "-m", "cProfile", "-o", out, "-m", "handler", "--port", str(port)]
+    handler = start_handler(port, [QUEUE], command)
+    try:
+        asyncio.run(load(port, task_request, seconds, connections))
+    finally:
+        # SIGINT: uvicorn re-raises the signal it stopped on, and only KeyboardInterrupt lets cProfile write.
+        handler.send_signal(signal.SIGINT)
+        handler.wait(timeout=30)
+    print(f"\ncProfile of the server under {seconds:g} s of the task load ({out}), top 25 by own time:")
+    pstats.Stats(out).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default 5)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--breakdown", action="store_true", help="also run the contenders with a step stubbed out")
+    parser.add_argument("--profile", metavar="OUT", help="also profile the server (cProfile) into OUT")
     args = parser.parse_args()
-    port = free_port()
-    handler = start_handler(port, [QUEUE])
-    try:
-        asyncio.run(load(port, bare_request, 1.0, args.connections))  # warm up
-        totals = {"bare GET /health": [0, 0.0], "no-op task POST /tasks/default": [0, 0.0]}
-        # Alternate the two twice, so drift on a shared machine falls on both alike.
-        for _ in range(2):
-            for name, make in (("bare GET /health", bare_request), ("no-op task POST /tasks/default", task_request)):
-                count, seconds = asyncio.run(load(port, make, args.seconds / 2, args.connections))
-                totals[name][0] += count
-                totals[name][1] += seconds
-    finally:
-        handler.terminate()
-        handler.wait(timeout=15)
-    rates = {name: count / seconds for name, (count, seconds) in totals.items()}
-    bare = rates["bare GET /health"]
-    print(
-        f"\nHandler on loopback, {args.connections} keep-alive connections, {os.cpu_count()} cores shared with the load"
+    totals = run_server(None, args.seconds, args.connections)
+    print_table(
+        f"Handler on loopback, {args.connections} keep-alive connections, {os.cpu_count()} cores shared with the load",
+        totals,
     )
-    print(f"{'endpoint':<34}{'requests':>10}{'req/s':>9}{'vs bare':>9}")
-    for name, (count, _) in totals.items():
-        print(f"{name:<34}{count:>10}{rates[name]:>9.0f}{rates[name] / bare:>9.2f}")
+    if args.breakdown:
+        breakdown(totals, args.seconds, args.connections)
+    if args.profile:
+        profile(args.profile, args.seconds, args.connections)
     print(time.strftime("%Y-%m-%d"))
 
 

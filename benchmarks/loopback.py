@@ -17,17 +17,18 @@ sys.path.insert(0, str(ROOT))
 from contract import handler_env  # noqa: E402
 from localcloud.stack import free_port  # noqa: E402
 
-__all__ = ["QUEUE", "ROOT", "free_port", "load", "start_handler", "task_request"]
+__all__ = ["QUEUE", "ROOT", "cpu_seconds", "free_port", "load", "start_handler", "task_request"]
 
 QUEUE = "bench-default-000000"  # the queue id the handler is started knowing
 
 
-def start_handler(port: int, queue_ids: list[str]) -> subprocess.Popen[bytes]:
-    """`python -m handler` on 127.0.0.1:port, knowing `queue_ids`, its log discarded; returns once healthy."""
+def start_handler(port: int, queue_ids: list[str], command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m handler` (or `command`, a server taking the same environment) on 127.0.0.1:port, knowing
+    `queue_ids`, its log discarded; returns once healthy."""
     queues = {queue_id: handler_env.QueueEntry(key="default", max_attempts=5) for queue_id in queue_ids}
     env = {**os.environ, "PYTHONPATH": str(ROOT), handler_env.QUEUES: handler_env.encode_queue_table(queues)}
     handler = subprocess.Popen(
-        [sys.executable, "-m", "handler", "--port", str(port)],
+        command or [sys.executable, "-m", "handler", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -42,6 +43,12 @@ def start_handler(port: int, queue_ids: list[str]) -> subprocess.Popen[bytes]:
             time.sleep(0.05)  # still starting
     handler.kill()
     raise SystemExit("the handler did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def task_request(n: int) -> bytes:

@@ -29,7 +29,7 @@ SCRIPTS = {
     "console.py": ["--tasks", "2000", "--repeat", "50"],
 }
 # In benchmarks/ but not benchmarks themselves.
-NOT_BENCHMARKS = {"loopback.py", "minimal_program.py", "run_all.py"}
+NOT_BENCHMARKS = {"handler_contenders.py", "loopback.py", "minimal_program.py", "run_all.py"}
 
 
 def cpu_model() -> str:

@@ -16,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
+import functools
 import json
 import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from contract.cloud_tasks import DEFAULT_MAX_BACKOFF_S, MAX_TASK_BYTES, UNLIMITED_ATTEMPTS
 from contract.dead_letters import producer_headers
@@ -59,18 +60,31 @@ class Reply:
     reason: str = ""
     retry_after: float | None = None
 
-    def response(self) -> Response:
+    @functools.cached_property
+    def _encoded(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The head's headers and the body, as Starlette's Response(media_type="application/json") sends them:
+        its own headers first, then content-length and content-type."""
         body: dict[str, Any] = {"status": self.outcome}
         if self.reason:
             body["reason"] = self.reason
-        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else {}
+        headers = [(b"retry-after", b"%d" % max(1, round(self.retry_after)))] if self.retry_after else []
         if self.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="task handler"'
+            headers.append((b"www-authenticate", b'Bearer realm="task handler"'))
         if self.status == 408:
-            headers["Connection"] = "close"  # what a trickling caller sends next is not read
+            headers.append((b"connection", b"close"))  # what a trickling caller sends next is not read
         # ASCII JSON: a reason quoting a work function's message may hold a lone surrogate, which UTF-8 cannot encode.
-        content = json.dumps(body, separators=(",", ":"))
-        return Response(content, status_code=self.status, headers=headers, media_type="application/json")
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers += [(b"content-length", b"%d" % len(content)), (b"content-type", b"application/json")]
+        return headers, content
+
+    async def send(self, send: Send) -> None:
+        headers, content = self._encoded
+        await send({"type": "http.response.start", "status": self.status, "headers": list(headers)})
+        await send({"type": "http.response.body", "body": content})
+
+
+# The answer to nearly every request, encoded once (Reply caches its encoding).
+_DONE = Reply(200, TaskOutcome.DONE)
 
 
 class TaskService:
@@ -95,15 +109,26 @@ class TaskService:
             # Never the request's Host or X-Forwarded-Proto: a caller writes those.
             raise ValueError("token checks need settings.oidc_audience, the service's URL")
         self._audience = settings.oidc_audience or ""
+        # Each queue's retry policy, built once: QueueEntry.retry builds a new (equal) one on every call.
+        self._retries = {queue: entry.retry for queue, entry in settings.queues.items()}
+        self._deadlines = {queue: entry.dispatch_deadline_seconds for queue, entry in settings.queues.items()}
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The task route, as a plain ASGI app: no Response object, no per-request wrappers."""
+        reply = await self.handle(Request(scope, receive))
+        await reply.send(send)
+
+    async def handle(self, request: Request) -> Reply:
         started = time.perf_counter()
-        path = "/" + request.path_params["path"]
+        scope = request.scope
+        path = "/" + scope["path_params"]["path"]
         context: TaskContext | None = None
         malformed: MalformedHeaders | None = None
         try:
-            # One pass into a dict: Starlette's Headers scans its list on every lookup.
-            context = TaskContext.from_headers(dict(request.headers.items()), self._retry)
+            # One pass into a dict (the last of repeated names, as dict(Headers.items()) gives): Starlette's
+            # Headers scans its list on every lookup.
+            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+            context = TaskContext.from_headers(headers, self._retry)
         except MalformedHeaders as err:
             malformed = err
         # The token is checked first, so a caller without one learns nothing else; the context, when the
@@ -115,15 +140,13 @@ class TaskService:
             else:
                 reply = await self._deliver(request, path, context)
         self._log_request(request, path, context, reply, time.perf_counter() - started)
-        return reply.response()
+        return reply
 
     def _deadline(self, queue: str) -> float | None:
-        policy = self._settings.queues.get(queue)
-        return policy.dispatch_deadline_seconds if policy else None
+        return self._deadlines.get(queue)
 
     def _retry(self, queue: str) -> RetryPolicy | None:
-        entry = self._settings.queues.get(queue)
-        return entry.retry if entry else None
+        return self._retries.get(queue)
 
     async def _authorised(self, request: Request) -> Reply | None:
         """None when the caller may call; else the refusal."""
@@ -140,7 +163,7 @@ class TaskService:
     async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
         # Read before the claim: a body that trickles in holds no claim, so a retry of the task meanwhile runs.
         try:
-            body = await _body(request, self._body_timeout)
+            body = await _body(request.receive, self._body_timeout)
         except TimeoutError:
             return Reply(408, TaskOutcome.REJECTED, f"the body did not arrive within {self._body_timeout:g}s")
         key = f"{context.queue}/{context.task}"
@@ -185,10 +208,12 @@ class TaskService:
                 return await self._dead_letter(request, path, body, context, reason)
         deadline = self._deadline(context.queue)
         try:
-            if inspect.iscoroutinefunction(function):
+            if task_type.is_async:
                 # Cloud Tasks stops waiting at the dispatch deadline: work past it is cancelled, never left
                 # running with the task's claim while the retries are answered "in progress".
-                if not await _within(deadline, function(payload, context)):
+                # is_async (asked once, at registration) holds: calling the function makes a coroutine.
+                work = cast(Awaitable[None], function(payload, context))
+                if not await _within(deadline, work):
                     reason = f"outlived the {deadline:g}s dispatch deadline: cancelled (Cloud Tasks stopped waiting)"
                     return await self._failed(request, path, body, context, Reply(504, TaskOutcome.FAILED, reason))
             else:
@@ -202,7 +227,7 @@ class TaskService:
             return await self._failed(request, path, body, context, reply, f"retry later: {_message(err)}")
         except Exception as err:
             return await self._failed(request, path, body, context, Reply(500, TaskOutcome.FAILED, _describe(err)))
-        return Reply(200, TaskOutcome.DONE)
+        return _DONE
 
     def _retry_after(self, asked: object, context: TaskContext) -> float | None:
         """RetryLater's wait as the reply's Retry-After: one out of bounds, or no number, is replaced and logged."""
@@ -295,13 +320,20 @@ class TaskService:
         if reply.reason:
             fields["reason"] = reply.reason
         if context is not None:
-            fields |= {"queue": context.queue, "task": context.task, "attempt": context.attempt}
-        message = f"task {reply.outcome}" if context else f"request {reply.outcome}"
-        self._log.emit(severity, message, trace=request.headers.get("x-cloud-trace-context"), **fields)
+            fields["queue"] = context.queue
+            fields["task"] = context.task
+            fields["attempt"] = context.attempt
+            message = f"task {reply.outcome}"
+        else:
+            message = f"request {reply.outcome}"
+        self._log.write(severity, message, fields, request.headers.get("x-cloud-trace-context"))
 
 
 async def _within(deadline: float | None, work: Awaitable[Any]) -> bool:
     """Runs `work`; False when the deadline cut it short. A TimeoutError of the work's own passes through."""
+    if deadline is None:  # no deadline to keep: a scope that never expires would only cost a timer's bookkeeping
+        await work
+        return True
     scope = asyncio.timeout(deadline)
     try:
         async with scope:
@@ -336,20 +368,32 @@ def _message(err: BaseException) -> str:
         return f"(its message cannot be read: {type(err).__name__}.__str__ failed)"
 
 
-async def _body(request: Request, timeout_s: float) -> bytes | None:
+async def _body(receive: Receive, timeout_s: float) -> bytes | None:
     """The body, or None when it is over the limit; TimeoutError when it has not all arrived within `timeout_s`.
     Past the limit the rest is read and dropped, never held: the caller then reads the answer rather than a reset
-    connection, and the connection carries the next request."""
+    connection, and the connection carries the next request. A caller that hangs up meanwhile: ClientDisconnect,
+    as Starlette's Request.stream() raises. Read from ASGI `receive` itself: the stream's async generator costs
+    more than the one message a task's body nearly always is."""
     chunks: list[bytes] = []
     size = 0
     async with asyncio.timeout(timeout_s):
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size <= MAX_BODY_BYTES:
                 chunks.append(chunk)
             elif chunks:
                 chunks.clear()
-    return b"".join(chunks) if size <= MAX_BODY_BYTES else None
+            if not message.get("more_body", False):
+                break
+    if size > MAX_BODY_BYTES:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def health(_: Request) -> Response:
@@ -397,7 +441,7 @@ def create_app(
 
     # Cloud Run reserves paths ending in "z" (such as /healthz), hence /health.
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service.handle, methods=["POST"])],
+        routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service, methods=["POST"])],
         lifespan=lifespan,
     )
 

@@ -7,9 +7,10 @@ else for an ordinary retryable failure.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any
@@ -175,6 +176,11 @@ class BodyKind(StrEnum):
 class TaskType:
     function: TaskFunction
     body: BodyKind
+    # Asked once, at registration: a coroutine function runs on the event loop, any other in a worker thread.
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.function))
 
 
 class TaskRouter:

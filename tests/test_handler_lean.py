@@ -1,0 +1,167 @@
+"""The lean task route (issue 16) answers, logs and refuses exactly as the Starlette Response path did."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import Any
+
+import pytest
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from contract.handler_env import QueueEntry
+from contract.outcomes import TaskOutcome
+from handler.app import Reply, create_app
+from handler.dead_letters import MemoryDeadLetters
+from handler.environment import HandlerSettings
+from handler.idempotency import Claim, MemoryStore
+from handler.structured_log import JsonLog
+from handler.tasks import TaskContext, TaskRouter
+
+QUEUE = "tasks-dev-default-a1b2c3"  # no dispatch deadline: work is never cut short
+SETTINGS = HandlerSettings(queues={QUEUE: QueueEntry("default", max_attempts=3)}, invoker_emails=frozenset())
+router = TaskRouter()
+
+
+@router.task("/tasks/ok")
+async def ok(payload: Any, context: TaskContext) -> None:
+    return None
+
+
+@router.task("/tasks/own-timeout")
+async def own_timeout(payload: Any, context: TaskContext) -> None:
+    raise TimeoutError("the database did not answer")
+
+
+def scope(path: str, task: str = "t1", **extra: str) -> dict[str, Any]:
+    headers = {"x-cloudtasks-queuename": QUEUE, "x-cloudtasks-taskname": task, "x-cloudtasks-taskretrycount": "0"}
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers | extra).items()]
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw,
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8080)}  # fmt: skip
+
+
+def call(app: Any, request: dict[str, Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The app's ASGI messages for one request whose receive() yields `messages` in turn."""
+    sent: list[dict[str, Any]] = []
+    incoming = iter(messages)
+
+    async def receive() -> dict[str, Any]:
+        return next(incoming)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(request, receive, send))
+    return sent
+
+
+def body(data: bytes = b"{}") -> dict[str, Any]:
+    return {"type": "http.request", "body": data, "more_body": False}
+
+
+def starlette_answer(reply: Reply) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """What the handler sent before: Starlette's Response, built from the reply as Reply.response() built it."""
+    content: dict[str, Any] = {"status": reply.outcome}
+    if reply.reason:
+        content["reason"] = reply.reason
+    headers = {"Retry-After": str(max(1, round(reply.retry_after)))} if reply.retry_after else {}
+    if reply.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="task handler"'
+    if reply.status == 408:
+        headers["Connection"] = "close"
+    response = Response(
+        json.dumps(content, separators=(",", ":")), reply.status, headers=headers, media_type="application/json"
+    )
+    return list(response.raw_headers), bytes(response.body)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, TaskOutcome.DONE),
+        Reply(200, TaskOutcome.DUPLICATE, "this task was done before"),
+        Reply(429, TaskOutcome.RETRY, "slow down", 12.4),
+        Reply(429, TaskOutcome.IN_PROGRESS, "another copy of this task is running", 0.2),
+        Reply(401, TaskOutcome.REFUSED, "no token"),
+        Reply(408, TaskOutcome.REJECTED, "the body did not arrive within 15s"),
+        Reply(500, TaskOutcome.FAILED, "RuntimeError: caf\u00e9 \ud800"),  # a lone surrogate: ASCII JSON
+    ],
+)
+def test_a_reply_goes_out_with_the_head_and_body_starlettes_response_gave(reply: Reply) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(reply.send(send))
+    asyncio.run(reply.send(send))  # the encoding is kept: a second answer is the same
+    headers, content = starlette_answer(reply)
+    for start, end in (sent[0:2], sent[2:4]):
+        assert start == {"type": "http.response.start", "status": reply.status, "headers": headers}
+        assert end == {"type": "http.response.body", "body": content}
+
+
+def test_a_done_task_is_answered_and_logged_in_full() -> None:
+    log = io.StringIO()
+    app = create_app(router, SETTINGS, dead_letters=MemoryDeadLetters(), log=JsonLog(log, project="p"))
+    trace = {"x-cloud-trace-context": "105445aa7843bc8bf206b12000100000/1;o=1"}
+    sent = call(app, scope("/tasks/ok", **trace), [body()])
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"status":"done"}'
+    (entry,) = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert list(entry) == ["severity", "message", "time", "outcome", "path", "latencyMs", "httpRequest", "queue",
+                           "task", "attempt", "logging.googleapis.com/trace"]  # fmt: skip
+    assert (entry["severity"], entry["message"], entry["outcome"], entry["path"]) == (
+        "INFO", "task done", "done", "/tasks/ok"
+    )  # fmt: skip
+    assert entry["httpRequest"] | {"latency": None} == {
+        "requestMethod": "POST", "requestUrl": "/tasks/ok", "status": 200, "latency": None
+    }  # fmt: skip
+    assert (entry["queue"], entry["task"], entry["attempt"]) == (QUEUE, "t1", 1)
+    assert entry["logging.googleapis.com/trace"] == "projects/p/traces/105445aa7843bc8bf206b12000100000"
+
+
+def test_a_work_functions_own_timeout_without_a_dispatch_deadline_is_a_retryable_failure() -> None:
+    """No deadline means no timer around the work: its own TimeoutError is an ordinary failure, never "outlived"."""
+    letters = MemoryDeadLetters()
+    app = create_app(router, SETTINGS, dead_letters=letters, log=JsonLog(io.StringIO()))
+    sent = call(app, scope("/tasks/own-timeout"), [body()])
+    assert (sent[0]["status"], json.loads(sent[1]["body"])) == (
+        500, {"status": TaskOutcome.FAILED, "reason": "TimeoutError: the database did not answer"}
+    )  # fmt: skip
+    assert letters.letters == []
+
+
+def test_a_body_in_several_messages_is_read_whole() -> None:
+    seen: list[Any] = []
+    chunked = TaskRouter()
+
+    @chunked.task("/tasks/echo")
+    async def echo(payload: Any, context: TaskContext) -> None:
+        seen.append(payload)
+
+    app = create_app(chunked, SETTINGS, log=JsonLog(io.StringIO()))
+    parts = [{"type": "http.request", "body": part, "more_body": True} for part in (b'{"a"', b"", b":1")]
+    sent = call(app, scope("/tasks/echo"), [*parts, body(b"}")])
+    assert (sent[0]["status"], seen) == (200, [{"a": 1}])
+
+
+def test_a_caller_that_hangs_up_during_the_body_holds_no_claim() -> None:
+    store = MemoryStore()
+    app = create_app(router, SETTINGS, store=store, log=JsonLog(io.StringIO()))
+    first = {"type": "http.request", "body": b"{", "more_body": True}
+    with pytest.raises(ClientDisconnect):
+        call(app, scope("/tasks/ok"), [first, {"type": "http.disconnect"}])
+    assert asyncio.run(store.claim(f"{QUEUE}/t1", "retry")) is Claim.NEW
+
+
+def test_write_and_emit_make_the_same_line() -> None:
+    emitted, written = io.StringIO(), io.StringIO()
+    fields = {"queue": QUEUE, "attempt": 2, "nested": {"status": 500}, "outcome": TaskOutcome.FAILED}
+    JsonLog(emitted, project="p").emit("ERROR", "task failed", trace="abc/1", **fields)
+    JsonLog(written, project="p").write("ERROR", "task failed", fields, "abc/1")
+    strip = [{k: v for k, v in json.loads(out.getvalue()).items() if k != "time"} for out in (emitted, written)]
+    assert strip[0] == strip[1] == {"severity": "ERROR", "message": "task failed", **fields,
+                                    "logging.googleapis.com/trace": "projects/p/traces/abc"}  # fmt: skip
