@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 # Script -> the arguments --quick passes (its options for size and duration; see each script's --help).
 SCRIPTS = {
     "enqueue.py": ["--tasks", "500"],
+    "bulk_memory.py": ["--lines", "2000,10000"],
     "handler.py": ["--seconds", "1"],
     "dispatch.py": ["--tasks", "2000", "--seconds", "3"],
     "program.py": ["--repeat", "1"],

@@ -5,19 +5,19 @@ shell or CI."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -29,7 +29,14 @@ from taskclient import dead_letter_cli
 from taskclient.buffer import TaskBuffer
 from taskclient.errors import PublishError, TaskClientError, UsageError
 from taskclient.progress import progress_bar
-from taskclient.publisher import MAX_SCHEDULE_AHEAD, Outcome, TaskPublisher, TaskRequest, read_outputs_document
+from taskclient.publisher import (
+    MAX_SCHEDULE_AHEAD,
+    Outcome,
+    PublishResult,
+    TaskPublisher,
+    TaskRequest,
+    read_outputs_document,
+)
 
 __all__ = ["UsageError", "duration", "main"]
 
@@ -71,12 +78,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None) -> 
         document = _outputs(args.outputs, stdin)
         if args.command == "buffer":
             return _buffer(document, args, stdin)
-        # The input file is read (and refused, when it is wrong) before any connection or credential is needed.
-        lines = _bulk_lines(args, stdin) if args.command == "bulk" else []
-        with TaskPublisher.from_mapping(document) as publisher:
-            if args.command == "send":
+        if args.command == "send":
+            with TaskPublisher.from_mapping(document) as publisher:
                 return _send(publisher, args, stdin)
-            return _bulk(publisher, args, lines)
+        # The input file is read (and refused, when it is wrong) before any connection or credential is needed.
+        with _bulk_input(args, stdin) as source, TaskPublisher.from_mapping(document) as publisher:
+            return _bulk(publisher, args, source)
     except PublishError as err:  # Cloud Tasks refused or failed the call
         print(f"error: {in_flags(str(err))}", file=sys.stderr)
         return 1
@@ -238,72 +245,190 @@ def _header_map(values: list[str]) -> dict[str, str]:
     return headers
 
 
-def _bulk_lines(args: argparse.Namespace, stdin: IO[str]) -> list[tuple[int, str]]:
+def _bulk_input(args: argparse.Namespace, stdin: IO[str]) -> BulkInput:
     if args.file == "-" and args.outputs == "-":
         raise UsageError("--file - and --outputs - cannot both read standard input")
-    return _lines(args.file, stdin)
+    return BulkInput.check(args.file, stdin)
 
 
-def _bulk(publisher: TaskPublisher, args: argparse.Namespace, lines: list[tuple[int, str]]) -> int:
-    line_numbers: list[int] = []
-    requests: list[TaskRequest] = []
-    failures: list[tuple[int, str]] = []  # (line number, reason): a bad line is reported, never dropped
-    for number, text in lines:
+class BulkInput:
+    """bulk's --file, read twice and never held in memory: a first pass checks every line (a line that is not
+    UTF-8 refuses the whole file, before anything is sent) and counts them, then `lines()` reads it again to send.
+    Standard input, or a path that is not a regular file (a FIFO), cannot be read twice: the first pass copies it
+    to a temporary file on disk, which the second reads."""
+
+    def __init__(self, handle: IO[bytes], count: int) -> None:
+        self._handle = handle
+        self.count = count  # non-blank lines
+
+    @classmethod
+    def check(cls, path: str, stdin: IO[str]) -> BulkInput:
         try:
-            request = _bulk_request(json.loads(text), args)
-        except (ValueError, UsageError) as err:
-            failures.append((number, f"not a task: {err}"))
-            continue
-        line_numbers.append(number)
-        requests.append(request)
+            given: IO[bytes] = _stdin_binary(stdin) if path == "-" else open(path, "rb")  # noqa: SIM115 - see close()
+        except OSError as err:
+            raise UsageError(f"--file {path}: {err.strerror}") from None
+        regular = path != "-" and stat.S_ISREG(os.fstat(given.fileno()).st_mode)
+        spool: IO[bytes] | None = None if regular else tempfile.TemporaryFile()  # noqa: SIM115 - see close()
+        try:
+            count = 0
+            for number, raw in enumerate(given, start=1):
+                if spool is not None:
+                    spool.write(raw)
+                if _decoded(raw, number, path).strip():
+                    count += 1
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            if path != "-":
+                given.close()
+            raise
+        if spool is None:
+            given.seek(0)
+            return cls(given, count)
+        if path != "-":
+            given.close()
+        spool.seek(0)
+        return cls(spool, count)
 
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """The non-blank lines, numbered, as they are read (the first pass refused any that is not UTF-8)."""
+        for number, raw in enumerate(self._handle, start=1):
+            text = raw.decode("utf-8", "replace")
+            if text.strip():
+                yield number, text
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> BulkInput:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _decoded(raw: bytes, number: int, path: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"--file {path}: line {number} is not UTF-8 (byte 0x{raw[err.start]:02x} at column"
+            f" {err.start + 1}); nothing was sent"
+        ) from None
+
+
+class BulkReport:
+    """What bulk says about its lines, in line order, as results arrive (out of order, at most --concurrency
+    apart), keeping only counts, the first duplicates and the results not yet in order: memory stays flat."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.created = 0
+        self.duplicates: list[tuple[int, str]] = []  # the first _DUPLICATES_LISTED: (line, task name)
+        self.duplicate_count = 0
+        self.failed = 0
+        self.sent = 0  # requests handed to the publisher, in line order
+        self.last_sent: int | None = None  # the line of the last one
+        self._lines: dict[int, int] = {}  # request index -> its line, until its result is reported
+        self._results: dict[int, PublishResult] = {}  # results that arrived before an earlier one's
+        self._held: dict[int, list[tuple[int, str]]] = {}  # n -> bad lines after request n-1, until it is reported
+        self._next = 0  # the next request index to report
+
+    def sending(self, number: int) -> None:
+        self._lines[self.sent] = number
+        self.sent += 1
+        self.last_sent = number
+
+    def bad_line(self, number: int, reason: str) -> None:
+        if self._next == self.sent:
+            self._fail(number, reason)
+        else:
+            self._held.setdefault(self.sent, []).append((number, reason))
+
+    def result(self, result: PublishResult) -> None:
+        self._results[result.index] = result
+        while self._next in self._results:
+            ready = self._results.pop(self._next)
+            number = self._lines.pop(self._next)
+            self._next += 1
+            if ready.outcome is Outcome.CREATED:
+                self.created += 1
+            elif ready.outcome is Outcome.DUPLICATE:
+                self.duplicate_count += 1
+                if len(self.duplicates) < _DUPLICATES_LISTED:
+                    self.duplicates.append((number, ready.name or ""))
+            else:
+                self._fail(number, in_flags(ready.error or "failed"))
+            for held in self._held.pop(self._next, ()):
+                self._fail(*held)
+
+    def _fail(self, number: int, reason: str) -> None:
+        self.failed += 1
+        self.console.print(f"line {number}: {reason}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _bulk(publisher: TaskPublisher, args: argparse.Namespace, source: BulkInput) -> int:
     console = Console(stderr=True)
+    report = BulkReport(console)
     stop = threading.Event()
+    lines = source.lines()
+    unsent: list[int] = []  # after Ctrl-C: how many lines were not sent, the first and the last
 
-    def until_stopped() -> Iterator[TaskRequest]:
-        for request in requests:
-            if stop.is_set():
+    def not_sent(number: int) -> None:
+        unsent[:] = [unsent[0] + 1, unsent[1], number] if unsent else [1, number, number]
+
+    def requests(advance: Callable[[], None]) -> Iterator[TaskRequest]:
+        for number, text in lines:
+            request = _checked_line(number, text, args, report)
+            if request is None:
+                advance()
+            elif stop.is_set():
+                not_sent(number)
                 return
-            yield request
+            else:
+                report.sending(number)
+                yield request
 
     # Ctrl-C stops taking lines; the calls in flight finish, so each line is either sent (with its result) or
     # not sent at all, and the summary can say which.
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     started = time.perf_counter()
     try:
-        with progress_bar(console, len(requests), "creating tasks") as advance:
-            results = publisher.publish_many(
-                until_stopped(), concurrency=args.concurrency, on_result=lambda _: advance()
-            )
+        with progress_bar(console, source.count, "creating tasks") as advance:
+
+            def on_result(result: PublishResult) -> None:
+                report.result(result)
+                advance()
+
+            publisher.publish_each(requests(advance), on_result=on_result, concurrency=args.concurrency)
     finally:
         signal.signal(signal.SIGINT, previous)
     elapsed = time.perf_counter() - started
+    # After Ctrl-C the rest of the file is still read, not sent: its bad lines are reported as ever, and the
+    # lines not sent are counted.
+    for number, text in lines:
+        if _checked_line(number, text, args, report) is not None:
+            not_sent(number)
 
-    counts = Counter(result.outcome for result in results)
-    failures += [(line_numbers[r.index], in_flags(r.error or "failed")) for r in results if r.outcome is Outcome.FAILED]
-    duplicates = [(line_numbers[r.index], r.name) for r in results if r.outcome is Outcome.DUPLICATE]
-    for number, reason in sorted(failures):
-        console.print(f"line {number}: {reason}", markup=False, highlight=False, soft_wrap=True)
-    for number, name in duplicates[:_DUPLICATES_LISTED]:
+    for number, name in report.duplicates:
         console.print(
             f"line {number}: already exists: {name} (not sent again; the payload on this line was not enqueued)",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
-    if len(duplicates) > _DUPLICATES_LISTED:
-        console.print(f"... and {len(duplicates) - _DUPLICATES_LISTED} more lines already there", markup=False)
-    done = counts[Outcome.CREATED] + counts[Outcome.DUPLICATE]
+    if report.duplicate_count > _DUPLICATES_LISTED:
+        console.print(f"... and {report.duplicate_count - _DUPLICATES_LISTED} more lines already there", markup=False)
+    done = report.created + report.duplicate_count
     summary = (
-        f"created {counts[Outcome.CREATED]}, duplicates {counts[Outcome.DUPLICATE]}"
-        f"{' (already there, not sent again)' if duplicates else ''}, failed {len(failures)}"
+        f"created {report.created}, duplicates {report.duplicate_count}"
+        f"{' (already there, not sent again)' if report.duplicate_count else ''}, failed {report.failed}"
     )
     if stop.is_set():
-        unsent = line_numbers[len(results) :]
-        last = f"last line sent: {line_numbers[len(results) - 1]}" if results else "no line sent"
-        rest = f"; not sent: lines {unsent[0]} to {unsent[-1]}" if unsent else ""
-        print(f"interrupted: {summary}, not sent {len(unsent)} ({last}{rest})")
-        resume = f"tail -n +{unsent[0]} {args.file} | ... bulk --file - ..." if unsent and args.file != "-" else ""
+        last = f"last line sent: {report.last_sent}" if report.last_sent is not None else "no line sent"
+        rest = f"; not sent: lines {unsent[1]} to {unsent[2]}" if unsent else ""
+        print(f"interrupted: {summary}, not sent {unsent[0] if unsent else 0} ({last}{rest})")
+        resume = f"tail -n +{unsent[1]} {args.file} | ... bulk --file - ..." if unsent and args.file != "-" else ""
         console.print(
             "To resume without duplicates, run the same command again with --dedupe-field: what was sent is"
             " found there and not sent twice."
@@ -314,28 +439,16 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, lines: list[tuple[
         )
         return INTERRUPTED
     print(f"{summary}, {done / elapsed if elapsed > 0 else 0.0:.0f} tasks/s")
-    return 1 if failures else 0
+    return 1 if report.failed else 0
 
 
-def _lines(path: str, stdin: IO[str]) -> list[tuple[int, str]]:
-    """The file's non-blank lines, numbered; a line that is not UTF-8 refuses the whole file, before any send."""
+def _checked_line(number: int, text: str, args: argparse.Namespace, report: BulkReport) -> TaskRequest | None:
+    """The line's request, or None when it is not a task (reported as such, in its place)."""
     try:
-        handle: IO[bytes] = _stdin_binary(stdin) if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise UsageError(f"--file {path}: {err.strerror}") from None
-    lines: list[tuple[int, str]] = []
-    with handle if path != "-" else contextlib.nullcontext(handle):
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UsageError(
-                    f"--file {path}: line {number} is not UTF-8 (byte 0x{raw[err.start]:02x} at column"
-                    f" {err.start + 1}); nothing was sent"
-                ) from None
-            if text.strip():
-                lines.append((number, text))
-    return lines
+        return _bulk_request(json.loads(text), args)
+    except (ValueError, UsageError) as err:
+        report.bad_line(number, f"not a task: {err}")
+        return None
 
 
 def _bulk_request(payload: Any, args: argparse.Namespace) -> TaskRequest:

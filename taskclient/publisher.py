@@ -6,17 +6,19 @@ the Cloud Tasks limits before any RPC. Server errors come back as messages that 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, TypedDict, Unpack
+from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
@@ -24,9 +26,13 @@ from google.cloud import tasks_v2
 from contract import cloud_tasks as limits
 from contract.dead_letters import HEADER_NOT_BEFORE, HEADER_PREFIX
 from contract.outputs import OUTPUTS_ENV, QueueOutputs, StackOutputs, StackOutputsError
-from taskclient.calls import Backoff, GaveUp, run_bounded
+from taskclient.calls import Backoff, GaveUp, LoopThread, check_concurrency
 from taskclient.connection import Connection, connect
-from taskclient.errors import PublishError, TaskClientError, TaskValidationError, explain
+from taskclient.errors import PublishError, TaskValidationError, explain
+
+if TYPE_CHECKING:
+    from taskclient.aio import AsyncTaskPublisher
+
 
 # Cloud Tasks limits (contract/cloud_tasks.py has their sources). The CreateTask reference says 100 KB per
 # task while the quotas page says 1 MiB: the lower one is safe under both.
@@ -37,6 +43,9 @@ MAX_DEADLINE = timedelta(seconds=limits.MAX_DISPATCH_DEADLINE_S)
 # Setting these is at best ignored: Cloud Tasks computes or replaces them, and the OIDC token is the
 # Authorization header.
 REFUSED_HEADERS = (*limits.RESERVED_HEADERS, "authorization")
+# json.dumps(payload, separators=(",", ":"), allow_nan=False), with its encoder made once: json.dumps makes a new
+# one per call when given options, a cost that showed in publish_many's profile.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 class Outcome(StrEnum):
@@ -103,6 +112,10 @@ class TaskPublisher:
         self._calls = Backoff(retries, backoff, sleep)
         self._timeout = timeout
         self._now = now
+        self._builder = TaskBuilder(outputs, now)
+        # publish_many's engine and the loop it runs on, made on first use and kept until close().
+        self._engine: tuple[LoopThread, AsyncTaskPublisher] | None = None
+        self._engine_lock = threading.Lock()
 
     # --- construction from the exported values -------------------------------------------------
 
@@ -128,6 +141,11 @@ class TaskPublisher:
         self.close()
 
     def close(self) -> None:
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            loop, publisher = engine
+            loop.close(publisher.close_channel())
         self._connection.close()
 
     # --- publishing -----------------------------------------------------------------------------
@@ -179,23 +197,62 @@ class TaskPublisher:
         concurrency: int = 32,
         on_result: Callable[[PublishResult], None] | None = None,
     ) -> list[PublishResult]:
-        """Creates many tasks, at most `concurrency` RPCs at a time over the one channel.
+        """Creates many tasks, at most `concurrency` RPCs at a time over one channel.
 
         Returns one result per item, in input order: created, duplicate, or failed with the reason.
-        `on_result` is called as each finishes (from a worker thread), e.g. for a progress bar.
-        """
-        return run_bounded(items, self._publish_one, concurrency=concurrency, on_result=on_result)
+        `on_result` is called as each finishes, e.g. for a progress bar. `items` is read lazily (a generator of a
+        million items is fine; the results list holds one result per item: see AsyncTaskPublisher.publish_each
+        to keep none).
 
-    def _publish_one(self, index: int, item: TaskRequest | Any) -> PublishResult:
-        request = item if isinstance(item, TaskRequest) else TaskRequest(item)
-        try:
-            parent, task = self.build(request)
-            outcome, name = self._create(parent, task)
-            return PublishResult(index, outcome, name=name)
-        except TaskClientError as err:
-            return PublishResult(index, Outcome.FAILED, error=str(err))
-        except Exception as err:
-            return PublishResult(index, Outcome.FAILED, error=f"unexpected {type(err).__name__}: {err}")
+        The calls run on taskclient.aio's engine (grpc.aio), on an event loop in a thread this publisher keeps
+        (with its channel) until close(): `on_result` is called from that thread, and must not call this publisher
+        again. Called from inside a running loop, this blocks that loop until done (a coroutine should await
+        AsyncTaskPublisher.publish_many instead).
+        """
+        check_concurrency(concurrency)
+        loop, engine = self._engine_on_its_loop()
+        return loop.run(engine.publish_many(items, concurrency=concurrency, on_result=on_result))
+
+    def publish_each(
+        self,
+        items: Iterable[TaskRequest | Any],
+        *,
+        on_result: Callable[[PublishResult], None],
+        concurrency: int = 32,
+    ) -> None:
+        """As publish_many, keeping no results: each goes to `on_result` as it finishes (for a stream of any
+        length, as `python -m taskclient bulk` reads a file). See AsyncTaskPublisher.publish_each."""
+        check_concurrency(concurrency)
+        loop, engine = self._engine_on_its_loop()
+        loop.run(engine.publish_each(items, on_result=on_result, concurrency=concurrency))
+
+    def _engine_on_its_loop(self) -> tuple[LoopThread, AsyncTaskPublisher]:
+        from taskclient.aio import AsyncTaskPublisher  # the engine's module builds on this one's
+
+        with self._engine_lock:
+            if self._engine is None:
+                engine = AsyncTaskPublisher(
+                    self.outputs,
+                    connection=self._connection,
+                    retries=self._calls.retries,
+                    backoff=self._calls.backoff,
+                    timeout=self._timeout,
+                    now=self._now,
+                    sleep=self._async_sleep(),
+                )
+                self._engine = (LoopThread("taskclient-loop"), engine)
+            return self._engine
+
+    def _async_sleep(self) -> Callable[[float], Awaitable[None]]:
+        """How the engine waits out a backoff: asyncio.sleep, or the `sleep` given (a test's recorder)."""
+        given = self._calls.sleep
+        if given is time.sleep:
+            return asyncio.sleep
+
+        async def sleep(seconds: float) -> None:
+            given(seconds)
+
+        return sleep
 
     def _create(self, parent: str, task: tasks_v2.Task) -> tuple[Outcome, str]:
         client = self._connection.client
@@ -211,32 +268,59 @@ class TaskPublisher:
         try:
             # A task without a name is not retried: after a lost response, a retry would create it twice.
             return self._calls.run(create, retries=None if task.name else 0)
-        except GaveUp as gave_up:
-            if not task.name:
-                note = (
-                    " (not retried: a task without a name could be created twice;"
-                    " pass name= or dedupe_key= to make retries safe)"
-                )
-            else:
-                note = f" (after {gave_up.attempts} attempts)"
-            raise self._explain(gave_up.error, parent, note) from None
-        except gexc.GoogleAPICallError as err:
-            raise self._explain(err, parent, "") from None
-
-    def _explain(self, err: gexc.GoogleAPICallError, parent: str, note: str) -> PublishError:
-        error = explain(
-            err,
-            queue_path=parent,
-            invoker_email=self.outputs.invoker_email,
-            principal=self._connection.principal,
-            location=self.outputs.location,
-        )
-        return PublishError(f"{error}{note}", error.code)
+        except (GaveUp, gexc.GoogleAPICallError) as err:
+            raise create_failure(
+                err, named=bool(task.name), parent=parent, outputs=self.outputs, principal=self._connection.principal
+            ) from None
 
     # --- building a task ------------------------------------------------------------------------
 
     def build(self, request: TaskRequest) -> tuple[str, tasks_v2.Task]:
         """The queue path and the Task for `request`, or TaskValidationError naming every bad argument."""
+        checked = self._builder.check(request)
+        return checked.queue.path, checked.task()
+
+
+@dataclass(frozen=True)
+class CheckedTask:
+    """A TaskRequest that passed every check, as the values a CreateTask request carries."""
+
+    queue: QueueOutputs
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    name: str  # the full task name; "" when the server names it
+    deadline: timedelta
+    schedule: datetime | None
+    oidc_token: tasks_v2.OidcToken | None  # None on a queue with queue-level routing: the queue sets its own
+
+    def task(self) -> tasks_v2.Task:
+        """The Task message (proto-plus)."""
+        http_request = tasks_v2.HttpRequest(
+            url=self.url, http_method=tasks_v2.HttpMethod.POST, headers=self.headers, body=self.body
+        )
+        if self.oidc_token is not None:
+            http_request.oidc_token = self.oidc_token
+        task = tasks_v2.Task(http_request=http_request, name=self.name, dispatch_deadline=self.deadline)
+        if self.schedule is not None:
+            task.schedule_time = self.schedule
+        return task
+
+
+class TaskBuilder:
+    """Checks a TaskRequest against the stack's outputs and the Cloud Tasks limits: the one set of rules that
+    the synchronous and the asyncio publisher share."""
+
+    def __init__(self, outputs: StackOutputs, now: Callable[[], datetime]) -> None:
+        self.outputs = outputs
+        self._now = now
+        # Explicit audience: left empty, Cloud Tasks would use the full task URL, which Cloud Run refuses.
+        self._oidc_token = tasks_v2.OidcToken(
+            service_account_email=outputs.invoker_email, audience=outputs.oidc_audience
+        )
+
+    def check(self, request: TaskRequest) -> CheckedTask:
+        """The checked values for `request`, or TaskValidationError naming every bad argument."""
         problems: list[str] = []
         now = self._now()
         queue = self._queue(request.queue, problems)
@@ -248,16 +332,8 @@ class TaskPublisher:
         deadline = _deadline(request.deadline, queue, problems)
         if problems or queue is None:
             raise TaskValidationError("; ".join(problems))
-        http_request = tasks_v2.HttpRequest(url=url, http_method=tasks_v2.HttpMethod.POST, headers=headers, body=body)
-        if not queue.queue_level_routing:
-            # Explicit audience: left empty, Cloud Tasks would use the full task URL, which Cloud Run refuses.
-            http_request.oidc_token = tasks_v2.OidcToken(
-                service_account_email=self.outputs.invoker_email, audience=self.outputs.oidc_audience
-            )
-        task = tasks_v2.Task(http_request=http_request, name=name, dispatch_deadline=deadline)
-        if schedule is not None:
-            task.schedule_time = schedule
-        return queue.path, task
+        oidc_token = None if queue.queue_level_routing else self._oidc_token
+        return CheckedTask(queue, url, body, headers, name, deadline, schedule, oidc_token)
 
     def _queue(self, key: str | None, problems: list[str]) -> QueueOutputs | None:
         key = key or self.outputs.default_queue
@@ -317,12 +393,34 @@ class TaskPublisher:
         return None
 
 
+def create_failure(
+    err: GaveUp | gexc.GoogleAPICallError, *, named: bool, parent: str, outputs: StackOutputs, principal: str
+) -> PublishError:
+    """A failed CreateTask call as the message to act on (both publishers): the explained server error, with
+    why it was not retried (no name) or how often it was tried."""
+    if isinstance(err, GaveUp):
+        if not named:
+            note = (
+                " (not retried: a task without a name could be created twice;"
+                " pass name= or dedupe_key= to make retries safe)"
+            )
+        else:
+            note = f" (after {err.attempts} attempts)"
+        err = err.error
+    else:
+        note = ""
+    error = explain(
+        err, queue_path=parent, invoker_email=outputs.invoker_email, principal=principal, location=outputs.location
+    )
+    return PublishError(f"{error}{note}", error.code)
+
+
 def _body(payload: Any, problems: list[str]) -> tuple[bytes, str | None]:
     if isinstance(payload, bytes | bytearray | memoryview):
         body, content_type = bytes(payload), None
     else:
         try:
-            body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+            body = _JSON.encode(payload).encode()
         except (TypeError, ValueError) as err:
             problems.append(f"payload: not JSON-serialisable ({err}); pass bytes to send it as it is")
             return b"", None
