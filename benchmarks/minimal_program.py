@@ -33,7 +33,6 @@ queues = config.require_object("queues")
 max_instances = (config.get_object("service") or {}).get("maxInstances", 3)
 prefix = f"tasks-{pulumi.get_stack()}"
 labels = {"managed-by": "cloudrun-tasks", "stack": pulumi.get_stack()}
-run_app = "europe-west1.run.app"
 
 apis = {
     api: gcp.projects.Service(
@@ -120,6 +119,9 @@ def env(name, value):
     return gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=name, value=value)
 
 
+# The service's deterministic URL needs the project's number, as in the real program.
+number = gcp.organizations.get_project_output(project_id=project).number
+audience = pulumi.Output.concat("https://", prefix, "-handler-", number, ".", region, ".run.app")
 service = gcp.cloudrunv2.Service(
     "handler",
     name=f"{prefix}-handler",
@@ -147,7 +149,7 @@ service = gcp.cloudrunv2.Service(
                     env(handler_env.PROJECT, project),
                     env(handler_env.DEAD_LETTER_QUEUE, queue_ids["dead-letters"].apply(queue_path)),
                     env(handler_env.INVOKER_EMAILS, invoker.email),
-                    env(handler_env.OIDC_AUDIENCE, f"https://{prefix}-handler-123456789012.{run_app}"),
+                    env(handler_env.OIDC_AUDIENCE, audience),
                     env(handler_env.QUEUES, pulumi.Output.all(**queue_ids).apply(queue_table)),
                 ],
             )
