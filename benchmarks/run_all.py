@@ -72,7 +72,7 @@ def main() -> None:
 
     print("\n=== summary")
     for script, code, seconds in results:
-        print(f"{script:<14}{'ok' if code == 0 else f'FAILED (exit {code})':<18}{seconds:>7.0f} s")
+        print(f"{script:<18}{'ok' if code == 0 else f'FAILED (exit {code})':<18}{seconds:>7.0f} s")
     print(f"\ndate:     {time.strftime('%Y-%m-%d')}")
     print(f"platform: {platform.platform()}")
     print(f"python:   {platform.python_version()}")
