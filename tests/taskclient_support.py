@@ -3,13 +3,17 @@ tests. Until the stack exports `dead_letter_queue`, the outputs name one in the 
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from emulator_support import LoopbackEmulator, stack_queues
 
 from contract.outputs import OutputName, StackOutputs
@@ -67,3 +71,21 @@ def _drain(fd: int, into: bytearray) -> None:
         if not chunk:
             return
         into += chunk
+
+
+def service_account_key(path: Path, token_uri: str) -> Path:
+    """A service account key made here (a fresh RSA key), written to `path`: what application default
+    credentials read from GOOGLE_APPLICATION_CREDENTIALS. Tokens are asked of `token_uri`, on loopback."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    document = {
+        "type": "service_account",
+        "project_id": "my-tasks-dev",
+        "private_key_id": "k1",
+        "private_key": pem.decode(),
+        "client_email": "api-dev@my-tasks-dev.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(document))
+    return path

@@ -4,7 +4,6 @@ loopback gRPC: the same requests, retries, duplicates, errors and order as the s
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,11 +12,9 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from emulator_support import LoopbackEmulator
 from google.cloud import tasks_v2
-from taskclient_support import outputs_document, stack, stack_emulator
+from taskclient_support import outputs_document, service_account_key, stack, stack_emulator
 
 from contract import cloud_tasks
 from localcloud.emulator.faults import Fault
@@ -333,20 +330,9 @@ def test_the_cloud_path_makes_an_authorized_tls_channel_to_cloud_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Construction only: no call leaves this machine (a real project is what proves the call itself)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    document = {
-        "type": "service_account",
-        "project_id": "my-tasks-dev",
-        "private_key_id": "k1",
-        "private_key": pem.decode(),
-        "client_email": "api-dev@my-tasks-dev.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "http://127.0.0.1:9/token",  # never reached: no call is made
-    }
-    (tmp_path / "key.json").write_text(json.dumps(document))
+    key = service_account_key(tmp_path / "key.json", token_uri="http://127.0.0.1:9/token")  # never reached
     monkeypatch.delenv(cloud_tasks.EMULATOR_HOST_ENV, raising=False)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     connection = connect()
     assert connection.emulator_host is None and connection.credentials is not None

@@ -20,13 +20,11 @@ from typing import Any
 import google.auth.transport.requests
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from emulator_support import RecordingServer, stack_queues
 from google.cloud import tasks_v2
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import id_token
-from taskclient_support import outputs_document, stack
+from taskclient_support import outputs_document, service_account_key, stack
 
 from contract import cloud_tasks
 from contract.outputs import OUTPUTS_ENV
@@ -275,19 +273,7 @@ def created(seen: Seen) -> tuple[int, str, bytes]:
 @pytest.fixture
 def key_file(tmp_path: Path, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A service account key made here, its token_uri the stand-in: application default credentials."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    document = {
-        "type": "service_account",
-        "project_id": "my-tasks-dev",
-        "private_key_id": "k1",
-        "private_key": pem.decode(),
-        "client_email": "api-dev@my-tasks-dev.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": stand_in.url + "/token",
-    }
-    path = tmp_path / "key.json"
-    path.write_text(json.dumps(document))
+    path = service_account_key(tmp_path / "key.json", token_uri=stand_in.url + "/token")
     for name in (cloud_tasks.EMULATOR_HTTP_ENV, cloud_tasks.EMULATOR_HOST_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
