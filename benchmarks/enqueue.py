@@ -24,9 +24,10 @@ Contenders:
                the same bytes on a bare grpc.aio channel, C coroutines in flight, one channel as the engine
                uses: the ceiling of the stack the engine is built on
 
-"% ceiling" is against the FASTER of the two raw contenders in that run, so neither stack's ceiling flatters
-the engine. The ceilings send the same metadata as the publishers (the routing and x-goog-api-client
-headers): the same RPC on the wire, without the library work.
+The four concurrent contenders run --rounds times (3), the order turning each round, each on a purged queue;
+each row shows its median. "% ceiling" is against the FASTER of the two raw contenders, so neither stack's
+ceiling flatters the engine. The ceilings send the same metadata as the publishers (the routing and x-goog-
+api-client headers): the same RPC on the wire, without the library work.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -192,7 +194,8 @@ def raw_ceiling(address: str, publisher: TaskPublisher, count: int, concurrency:
     return run
 
 
-def measure(delay_ms: int, concurrency: int, counts: dict[str, int]) -> list[tuple[str, int, float]]:
+def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int) -> list[tuple[str, int, float]]:
+    """(contender, tasks, seconds) rows; the concurrent contenders' seconds are the median of `rounds` rounds."""
     outputs = dict(evaluate(stack_config("dev"), stack="dev").outputs)
     queue_path = outputs["queues"][outputs["default_queue"]]["path"]
     server, address = start_emulator(delay_ms, workers=max(16, 2 * concurrency))
@@ -204,20 +207,29 @@ def measure(delay_ms: int, concurrency: int, counts: dict[str, int]) -> list[tup
             publisher.publish({"warm": "up"})
             publisher.publish_many([{"warm": "up"}])  # the engine's loop and channel made, as the others' are
 
-            def contender(name: str, count: int, run: Callable[[], int]) -> None:
+            def seconds(count: int, run: Callable[[], int]) -> float:
                 # Each starts on an empty queue: the emulator's cost per create grows a little with its queue.
                 admin.client.purge_queue(name=queue_path)
-                rows.append((name, *timed(count, run)))
+                return timed(count, run)[1]
 
-            contender("guide", counts["guide"], lambda: guide_pattern(address, publisher, counts["guide"]))
-            contender("publish", counts["publish"], lambda: publish_one_by_one(publisher, counts["publish"]))
+            guide, one_by_one = counts["guide"], counts["publish"]
+            rows.append(("guide", guide, seconds(guide, lambda: guide_pattern(address, publisher, guide))))
+            rows.append(("publish", one_by_one, seconds(one_by_one, lambda: publish_one_by_one(publisher, one_by_one))))
             many = counts["many"]
-            contender(f"publish_many c={concurrency}", many, lambda: publish_many(publisher, many, concurrency))
-            contender(
-                f"AsyncTaskPublisher c={concurrency}", many, publish_many_async(outputs, address, many, concurrency)
-            )
-            contender(f"raw ceiling c={concurrency}", many, raw_ceiling(address, publisher, many, concurrency))
-            contender(f"raw aio ceiling c={concurrency}", many, raw_aio_ceiling(address, publisher, many, concurrency))
+            # Each round makes its contender afresh (a raw ceiling closes its channel when done).
+            concurrent: dict[str, Callable[[], Callable[[], int]]] = {
+                f"publish_many c={concurrency}": lambda: lambda: publish_many(publisher, many, concurrency),
+                f"AsyncTaskPublisher c={concurrency}": lambda: publish_many_async(outputs, address, many, concurrency),
+                f"raw ceiling c={concurrency}": lambda: raw_ceiling(address, publisher, many, concurrency),
+                f"raw aio ceiling c={concurrency}": lambda: raw_aio_ceiling(address, publisher, many, concurrency),
+            }
+            times: dict[str, list[float]] = {name: [] for name in concurrent}
+            names = list(concurrent)
+            for round_ in range(rounds):
+                # The order turns each round, so none always runs first (or last) on a warm or a tired machine.
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    times[name].append(seconds(many, concurrent[name]()))
+            rows += [(name, many, statistics.median(times[name])) for name in names]
         admin.close()
     finally:
         server.terminate()
@@ -225,7 +237,7 @@ def measure(delay_ms: int, concurrency: int, counts: dict[str, int]) -> list[tup
     return rows
 
 
-def print_table(delay_ms: int, rows: list[tuple[str, int, float]]) -> None:
+def print_table(delay_ms: int, rows: list[tuple[str, int, float]], rounds: int) -> None:
     rates = {name: count / seconds for name, count, seconds in rows}
     guide = rates["guide"]
     ceiling = max(rate for name, rate in rates.items() if name.startswith("raw "))  # the faster of the two
@@ -234,6 +246,7 @@ def print_table(delay_ms: int, rows: list[tuple[str, int, float]]) -> None:
     for name, count, seconds in rows:
         rate = count / seconds
         print(f"{name:<26}{count:>7}{seconds:>9.2f}{rate:>10.0f}{rate / guide:>9.1f}{100 * rate / ceiling:>10.0f}%")
+    print(f"(guide and publish: one run each; the others: the median of {rounds} rounds, in turning order)")
 
 
 def main() -> None:
@@ -241,11 +254,12 @@ def main() -> None:
     parser.add_argument("--delays", default="0,20", help="emulator latencies in ms, comma-separated (default 0,20)")
     parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
     parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the concurrent contenders (default 3)")
     args = parser.parse_args()
     for delay_ms in (int(d) for d in args.delays.split(",")):
         # Sequential contenders get fewer tasks: at 20 ms each, 4,000 would take minutes to say the same.
         counts = {"guide": 300 if delay_ms == 0 else 100, "publish": 1000 if delay_ms == 0 else 150, "many": args.tasks}
-        print_table(delay_ms, measure(delay_ms, args.concurrency, counts))
+        print_table(delay_ms, measure(delay_ms, args.concurrency, counts, args.rounds), args.rounds)
     print(f"\n{os.cpu_count()} cores; client and server share them. {time.strftime('%Y-%m-%d')}")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Script -> the arguments --quick passes (its options for size and duration; see each script's --help).
 SCRIPTS = {
-    "enqueue.py": ["--tasks", "500"],
+    "enqueue.py": ["--tasks", "500", "--rounds", "1"],
     "bulk_memory.py": ["--lines", "2000,10000"],
     "handler.py": ["--seconds", "1"],
     "dispatch.py": ["--tasks", "2000", "--seconds", "3"],
