@@ -55,6 +55,7 @@ _FLAGS = {
     "headers": "--header",
     "deadline": "--deadline",
     "task_id": "--task-id",
+    "concurrency": "--concurrency",
 }
 _ARGUMENT = re.compile(r"(^|; )(" + "|".join(_FLAGS) + r"): ")
 _KEYWORDS = re.compile(r"\b(" + "|".join(_FLAGS) + r")=")

@@ -146,6 +146,18 @@ def test_a_delay_out_of_range_is_one_line_in_the_unit_given(
     assert server.faults.calls() == []
 
 
+@pytest.mark.parametrize("concurrency", ["0", "1001"])
+def test_a_bulk_concurrency_out_of_range_names_the_flag_and_sends_nothing(
+    server: LoopbackEmulator, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], concurrency: str
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": 1}\n')
+    assert main(["bulk", "--outputs", str(outputs_file), "--file", str(tasks), "--concurrency", concurrency]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --concurrency: {concurrency} is outside 1..1000\n"
+    assert server.tasks() == []
+
+
 def test_a_bulk_file_with_undecodable_bytes_names_the_line_and_sends_nothing(
     server: LoopbackEmulator, outputs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -620,7 +620,7 @@ def test_cli_discard_by_name_needs_no_yes(
         (["discard", "a", "--queue", "default"], "error: discard: --queue selects the dead letters of --all"),
         (["discard", "--all"], "error: discard --all deletes every dead letter of every queue for good: add --yes"),
         (["list", "--queue", "nope"], "error: --queue: 'nope' is not one of the stack's queues (default, emails)"),
-        (["replay", "--all", "--concurrency", "0"], "error: concurrency: 0 is outside 1..1000"),
+        (["replay", "--all", "--concurrency", "0"], "error: --concurrency: 0 is outside 1..1000"),
     ],
 )
 def test_cli_usage_errors_are_one_line_and_exit_2(
