@@ -158,8 +158,10 @@ def shape(value: Any) -> Any:
         return {key: shape(item) for key, item in sorted(value.items())}
     if isinstance(value, list | tuple):
         return [shape(item) for item in value]
-    if isinstance(value, bool) or value is None:
-        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
     return "number" if isinstance(value, int | float) else type(value).__name__
 
 
