@@ -42,7 +42,16 @@ from handler.idempotency import Claim, IdempotencyStore, MemoryStore, RedisStore
 from handler.limits import BODY_TIMEOUT_S
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
-from handler.tasks import BodyKind, Finality, MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
+from handler.tasks import (
+    TRACE_HEADER,
+    BodyKind,
+    Finality,
+    MalformedHeaders,
+    PermanentError,
+    RetryLater,
+    TaskContext,
+    TaskRouter,
+)
 
 MAX_BODY_BYTES = MAX_TASK_BYTES  # anything bigger did not come from Cloud Tasks intact
 IN_PROGRESS_RETRY_AFTER_S = 30
@@ -124,10 +133,10 @@ class TaskService:
         path = "/" + scope["path_params"]["path"]
         context: TaskContext | None = None
         malformed: MalformedHeaders | None = None
+        # One pass into a dict (the last of repeated names, as dict(Headers.items()) gives): Starlette's Headers
+        # scans its list on every lookup.
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
-            # One pass into a dict (the last of repeated names, as dict(Headers.items()) gives): Starlette's
-            # Headers scans its list on every lookup.
-            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
             context = TaskContext.from_headers(headers, self._retry)
         except MalformedHeaders as err:
             malformed = err
@@ -139,7 +148,7 @@ class TaskService:
                 reply = Reply(400, TaskOutcome.REJECTED, f"not a Cloud Tasks request: {malformed}")
             else:
                 reply = await self._deliver(request, path, context)
-        self._log_request(request, path, context, reply, time.perf_counter() - started)
+        self._log_request(path, context, reply, time.perf_counter() - started, headers.get(TRACE_HEADER))
         return reply
 
     def _deadline(self, queue: str) -> float | None:
@@ -301,7 +310,7 @@ class TaskService:
         return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     def _log_request(
-        self, request: Request, path: str, context: TaskContext | None, reply: Reply, seconds: float
+        self, path: str, context: TaskContext | None, reply: Reply, seconds: float, trace: str | None
     ) -> None:
         severity = "INFO" if reply.status < 400 or reply.status == 429 else "WARNING"
         if reply.outcome in (TaskOutcome.DEAD_LETTERED, TaskOutcome.FAILED):
@@ -326,7 +335,7 @@ class TaskService:
             message = f"task {reply.outcome}"
         else:
             message = f"request {reply.outcome}"
-        self._log.write(severity, message, fields, request.headers.get("x-cloud-trace-context"))
+        self._log.write(severity, message, fields, trace)
 
 
 async def _within(deadline: float | None, work: Awaitable[Any]) -> bool:

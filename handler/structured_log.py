@@ -9,10 +9,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
+
 TRACE_FIELD = "logging.googleapis.com/trace"
 # What json.dumps(entry, default=str, separators=(",", ":")) would build on every call, built once (encode() keeps
 # no state between calls, so threads share it).
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+# orjson, told to treat values as the stdlib encoder above does: dataclasses and datetimes go to default=str (orjson
+# would write them its own way), keys that are not strings become strings.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
 class JsonLog:
@@ -36,13 +41,29 @@ class JsonLog:
             trace_id = trace_of(trace)
             if trace_id:
                 entry[TRACE_FIELD] = f"projects/{self._project}/traces/{trace_id}"
-        line = _ENCODER.encode(entry)
+        line = encode_line(entry)
         stream = self._stream or sys.stdout
         # Written and flushed whole, at once: a line never waits in a buffer, so none is lost when the process
         # stops, whatever stops it.
         with self._lock:
-            stream.write(line + "\n")
+            stream.write(line)
             stream.flush()
+
+
+def encode_line(entry: Mapping[str, Any]) -> str:
+    """One log line: ASCII JSON and a newline. orjson writes nearly every line, at a tenth of the stdlib's cost;
+    the stdlib's encoder writes what orjson cannot say in ASCII: text beyond ASCII (orjson writes it as UTF-8,
+    which a stdout of another encoding could not take), lone surrogates and integers past 64 bits (orjson
+    refuses both). Either way the line holds the same values; orjson writes a NaN or infinite float as null,
+    where the stdlib would write a token that is not JSON and Cloud Logging could not parse the line."""
+    try:
+        encoded = orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        pass
+    else:
+        if encoded.isascii():
+            return encoded.decode("ascii")
+    return _ENCODER.encode(entry) + "\n"
 
 
 def trace_of(header: str | None) -> str | None:

@@ -28,6 +28,7 @@ _ETA = cloud_tasks.HEADER_ETA.lower()
 _PREVIOUS_RESPONSE = cloud_tasks.HEADER_PREVIOUS_RESPONSE.lower()
 _RETRY_REASON = cloud_tasks.HEADER_RETRY_REASON.lower()
 _NOT_BEFORE = HEADER_NOT_BEFORE.lower()
+TRACE_HEADER = "x-cloud-trace-context"  # Cloud Run's front end sets it: the request's trace, for the logs
 # The retention (31 days from creation) deletes a task whatever its retry limits say. A day short of it
 # covers the wait before a next attempt (at most max_backoff, an hour by default, or a Retry-After).
 RETENTION_HORIZON_S = cloud_tasks.TASK_RETENTION_S - 86400.0
@@ -121,7 +122,7 @@ class TaskContext:
             previous_response=_decimal(headers.get(_PREVIOUS_RESPONSE)),
             retry_reason=headers.get(_RETRY_REASON) or None,
             retry=retry_of(queue),
-            trace=headers.get("x-cloud-trace-context"),
+            trace=headers.get(TRACE_HEADER),
             not_before=_not_before(headers.get(_NOT_BEFORE)),
         )
 

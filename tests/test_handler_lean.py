@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from handler.app import Reply, create_app
 from handler.dead_letters import MemoryDeadLetters
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, MemoryStore
-from handler.structured_log import JsonLog
+from handler.structured_log import JsonLog, encode_line
 from handler.tasks import TaskContext, TaskRouter
 
 QUEUE = "tasks-dev-default-a1b2c3"  # no dispatch deadline: work is never cut short
@@ -165,3 +168,45 @@ def test_write_and_emit_make_the_same_line() -> None:
     strip = [{k: v for k, v in json.loads(out.getvalue()).items() if k != "time"} for out in (emitted, written)]
     assert strip[0] == strip[1] == {"severity": "ERROR", "message": "task failed", **fields,
                                     "logging.googleapis.com/trace": "projects/p/traces/abc"}  # fmt: skip
+
+
+class Record:
+    """A value neither encoder knows: both write its str(), through default=str."""
+
+    def __str__(self) -> str:
+        return "record#7"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+# What the stdlib's encoder wrote for every line before orjson (json.dumps with default=str and no spaces), held to
+# the line encode_line writes, character for character.
+SAME_AS_STDLIB = {
+    "plain": {"severity": "INFO", "latencyMs": 0.123, "status": 200, "ok": True, "none": None, "list": [1, "a"]},
+    "nested": {"httpRequest": {"requestMethod": "POST", "status": 500, "latency": "0.000123s"}},
+    "str enum": {"outcome": TaskOutcome.DONE},
+    "beyond ASCII": {"reason": "café 東京 \U0001f600"},
+    "lone surrogate": {"reason": "bad \ud800 text"},
+    "int past 64 bits": {"big": 2**70, "negative": -(2**64)},
+    "dataclass": {"point": Point(1)},
+    "datetime": {"at": datetime(2026, 12, 3, 14, 0, 1, 5, tzinfo=UTC)},
+    "unknown type": {"record": Record()},
+    "keys not str": {1: "one", None: "none", 2.5: "two and a half", False: "no"},
+    "control characters": {"text": 'quote " backslash \\ newline \n tab \t nul \x00'},
+}
+
+
+@pytest.mark.parametrize("entry", SAME_AS_STDLIB.values(), ids=SAME_AS_STDLIB.keys())
+def test_a_log_line_is_what_the_stdlib_encoder_wrote(entry: dict[Any, Any]) -> None:
+    line = encode_line(entry)
+    assert line == json.dumps(entry, default=str, separators=(",", ":")) + "\n"
+    assert line.isascii() and line.count("\n") == 1
+
+
+def test_a_float_the_stdlib_would_write_as_no_json_is_written_as_null() -> None:
+    # json.dumps writes NaN and Infinity: a line Cloud Logging cannot parse as JSON, so it loses every field.
+    line = encode_line({"latencyMs": math.nan, "wait": math.inf, "x": 1})
+    assert json.loads(line) == {"latencyMs": None, "wait": None, "x": 1}

@@ -18,6 +18,7 @@ DISTRIBUTIONS = {
     "google": {"google-auth", "google-cloud-tasks"},
     "grpc": {"grpcio"},
     "redis": {"redis"},
+    "orjson": {"orjson"},
 }
 
 
