@@ -24,10 +24,10 @@ Contenders:
                the same bytes on a bare grpc.aio channel, C coroutines in flight, one channel as the engine
                uses: the ceiling of the stack the engine is built on
 
-The four concurrent contenders run --rounds times (3), the order turning each round, each on a purged queue;
-each row shows its median. "% ceiling" is against the FASTER of the two raw contenders, so neither stack's
-ceiling flatters the engine. The ceilings send the same metadata as the publishers (the routing and x-goog-
-api-client headers): the same RPC on the wire, without the library work.
+The four concurrent contenders run --rounds times (4: each one runs once in each place of the order), the
+order turning each round, each on a purged queue; each row shows its median. "% ceiling" is against the FASTER
+of the two raw contenders, so neither stack's ceiling flatters the engine. The ceilings send the same metadata as
+the publishers (the routing and x-goog-api-client headers): the same RPC on the wire, without the library work.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--delays", default="0,20", help="emulator latencies in ms, comma-separated (default 0,20)")
     parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
     parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the concurrent contenders (default 3)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the concurrent contenders (default 4)")
     args = parser.parse_args()
     for delay_ms in (int(d) for d in args.delays.split(",")):
         # Sequential contenders get fewer tasks: at 20 ms each, 4,000 would take minutes to say the same.
