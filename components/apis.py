@@ -17,6 +17,8 @@ DEFAULT_APIS = (CLOUD_TASKS_API, CLOUD_RUN_API, IAM_API)
 
 @dataclass(frozen=True)
 class ProjectApisArgs:
+    """The project, and the APIs to enable in it."""
+
     project: pulumi.Input[str]
     services: tuple[str, ...] = DEFAULT_APIS
 

@@ -31,6 +31,8 @@ CD_MANAGED_FIELDS = [
 
 @dataclass(frozen=True)
 class TaskHandlerServiceArgs:
+    """The service, its runtime account and who may invoke it: image, scaling, resources, probes, environment."""
+
     project: pulumi.Input[str]
     location: str
     service_name: str

@@ -17,6 +17,8 @@ TASKS_SERVICE_AGENT = "roles/cloudtasks.serviceAgent"
 
 @dataclass(frozen=True)
 class InvokerIdentityArgs:
+    """The invoker account's project and id, and the principals who may act as it."""
+
     project: pulumi.Input[str]
     account_id: str
     # Principals that create tasks naming this account in their OIDC token (they need actAs on it).

@@ -36,6 +36,8 @@ MARKDOWN = "text/markdown"
 
 @dataclass(frozen=True)
 class MonitoringArgs:
+    """What to watch (the queues, the dead-letter queue, the service), the thresholds, and whom to notify."""
+
     project: str
     location: str
     # Queue key (as in the stack config) -> physical queue id.
@@ -317,6 +319,8 @@ def latency_ms(s: MonitoringSettings) -> float:
 
 @dataclass(frozen=True)
 class _Target:
+    """Where the runbooks' commands point: the stack's project and region."""
+
     project: str
     location: str
 

@@ -38,40 +38,45 @@ MIN_MEMORY_MIB, MAX_MEMORY_MIB = 128, 32 * 1024
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers", "principalSet://goog/public:all")
 MEMBER_PREFIXES = ("user:", "serviceAccount:", "group:", "domain:", "principal:", "principalSet:")
 
-_DURATION = re.compile(r"[0-9]+(\.[0-9]{1,9})?s")
+# Patterns are text, compiled by `re` on first use and kept in its cache: most guard config a stack does not set
+# (principals, VPC, secrets, the deployer's keys), and compiling all two dozen at import was a quarter of this
+# module's import time, paid by every run of the program.
+_DURATION = r"[0-9]+(\.[0-9]{1,9})?s"
 _QUEUE_KEY = cloud_tasks.QUEUE_ID  # the key is part of the queue id
-SERVICE_ACCOUNT_ID_PATTERN = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
-_SERVICE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-_NAME_PREFIX = re.compile(r"[a-z](?:[-a-z0-9]*[a-z0-9])?")
-PROJECT_ID_PATTERN = re.compile(r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
-_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
-_PATH = re.compile(r"/[A-Za-z0-9\-._~/]*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MEMORY = re.compile(r"([1-9][0-9]*)(Mi|Gi)")
+SERVICE_ACCOUNT_ID_PATTERN = r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])"
+_SERVICE_NAME = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_NAME_PREFIX = r"[a-z](?:[-a-z0-9]*[a-z0-9])?"
+PROJECT_ID_PATTERN = r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]"
+_REGION = r"[a-z]+-[a-z]+[0-9]+"
+_PATH = r"/[A-Za-z0-9\-._~/]*"
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_MEMORY = r"([1-9][0-9]*)(Mi|Gi)"
 
 # --- IAM members, as the IAM "Principal identifiers" page writes them for allow policies
 # (cloud.google.com/iam/docs/principal-identifiers).
 _DNS_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 # Labels, dot-separated; the top-level one alphabetic or an IDN ("xn--") label. At most 253 characters.
 _DNS_DOMAIN = rf"(?:{_DNS_LABEL}\.)+(?:[A-Za-z]{{2,63}}|xn--[-A-Za-z0-9]{{1,59}})"
-_EMAIL = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]{{1,64}}@{_DNS_DOMAIN}")
-_DOMAIN = re.compile(_DNS_DOMAIN)
-_PROJECT_ID = PROJECT_ID_PATTERN.pattern
+_EMAIL = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]{{1,64}}@{_DNS_DOMAIN}"
+_DOMAIN = _DNS_DOMAIN
 # A GKE Kubernetes service account: serviceAccount:PROJECT_ID.svc.id.goog[NAMESPACE/KSA].
-_KUBERNETES_SA = re.compile(rf"{_PROJECT_ID}\.svc\.id\.goog\[[a-z0-9-]{{1,63}}/[a-z0-9.-]{{1,253}}\]")
+_KUBERNETES_SA = rf"{PROJECT_ID_PATTERN}\.svc\.id\.goog\[[a-z0-9-]{{1,63}}/[a-z0-9.-]{{1,253}}\]"
 # A workload pool's id is 4-32 lowercase letters, digits and hyphens (GKE's is PROJECT_ID.svc.id.goog); a
 # workforce pool's 6-63, starting with a letter. Pools live in "global" only.
 _POOL = (
-    rf"(?:projects/[0-9]{{1,19}}/locations/global/workloadIdentityPools/(?:[a-z0-9-]{{4,32}}|{_PROJECT_ID}\.svc\.id\.goog)"
+    r"(?:projects/[0-9]{1,19}/locations/global/workloadIdentityPools/"
+    rf"(?:[a-z0-9-]{{4,32}}|{PROJECT_ID_PATTERN}\.svc\.id\.goog)"
     r"|locations/global/workforcePools/[a-z][-a-z0-9]{4,61}[a-z0-9])"
 )
 # Attribute values (google.subject and the rest) are at most 127 bytes; a subject may hold '/' and ':'.
 _ATTRIBUTE_VALUE = r"\S{1,127}"
-_PRINCIPAL = re.compile(
-    rf"principal://iam\.googleapis\.com/{_POOL}/subject/{_ATTRIBUTE_VALUE}|principal://goog/subject/{_EMAIL.pattern}"
+_PRINCIPAL = (
+    rf"principal://iam\.googleapis\.com/{_POOL}/subject/{_ATTRIBUTE_VALUE}"
+    rf"|principal://goog/subject/{_EMAIL}"
 )
-_PRINCIPAL_SET = re.compile(
-    rf"principalSet://iam\.googleapis\.com/{_POOL}/(?:group/[^\s/]+|attribute\.[a-z0-9_]{{1,100}}/{_ATTRIBUTE_VALUE}|\*)"
+_PRINCIPAL_SET = (
+    rf"principalSet://iam\.googleapis\.com/{_POOL}/"
+    rf"(?:group/[^\s/]+|attribute\.[a-z0-9_]{{1,100}}/{_ATTRIBUTE_VALUE}|\*)"
 )
 PRINCIPAL_RULE = (
     "is not a principal identifier this stack grants to; use"
@@ -122,12 +127,16 @@ def _seconds(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class RateLimits:
+    """How fast a queue dispatches: tasks started a second, and attempts running at once."""
+
     max_dispatches_per_second: float
     max_concurrent_dispatches: int
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """A queue's retry config: how many attempts for how long, and the backoff between them."""
+
     max_attempts: int
     max_retry_duration: Duration
     min_backoff: Duration
@@ -147,6 +156,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class QueueSettings:
+    """One entry of `queues`: where its tasks go, how fast, how they are retried, and who may create them."""
+
     key: str
     path: str
     dispatch_deadline: Duration
@@ -189,6 +200,8 @@ class VpcEgress:
 
 @dataclass(frozen=True)
 class ServiceSettings:
+    """The task handler's Cloud Run service: its image, scaling, resources, probes, environment and network."""
+
     name: str
     image: str
     manage_image: bool
@@ -226,6 +239,8 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """The stack's whole config, validated: everything the CloudRunTasks component is built from."""
+
     project: str
     location: str
     name_prefix: str
@@ -307,7 +322,7 @@ class _Reader:
             )
             return fallback
         raw = self.text(key, default)
-        if not _DURATION.fullmatch(raw):
+        if not re.fullmatch(_DURATION, raw):
             self.problems.append(
                 f"{self._at(key)}: {raw!r} is not a duration in Cloud Tasks form"
                 ' (whole or decimal seconds with an "s" suffix, e.g. "10s" or "0.5s")'
@@ -327,14 +342,14 @@ class _Reader:
             return default
         return value
 
-    def matching(self, key: str, default: str | None, pattern: re.Pattern[str], rule: str) -> str:
+    def matching(self, key: str, default: str | None, pattern: str, rule: str) -> str:
         """The value of `key`, checked against `pattern`. Unset, it is `default`: a constant or a name
         derived from valid parts, so valid by construction, or None when an invalid part (reported on
         its own) left nothing to derive."""
         if self.value.get(key) is None:
             return default or ""
         value = self.text(key, default or "")
-        if not pattern.fullmatch(value):
+        if not re.fullmatch(pattern, value):
             self.problems.append(f"{self._at(key)}: {value!r} {rule}")
         return value
 
@@ -410,20 +425,20 @@ def member_problem(member: Any) -> str | None:
             f"{', '.join(MEMBER_PREFIXES)} (e.g. serviceAccount:api@my-project.iam.gserviceaccount.com)"
         )
     identity = member[len(prefix) :]
-    if prefix in ("user:", "group:") and not _EMAIL.fullmatch(identity):
+    if prefix in ("user:", "group:") and not re.fullmatch(_EMAIL, identity):
         return f"{member!r}: {prefix[:-1]} members need an email address after the prefix"
-    if prefix == "serviceAccount:" and not (_EMAIL.fullmatch(identity) or _KUBERNETES_SA.fullmatch(identity)):
+    if prefix == "serviceAccount:" and not (re.fullmatch(_EMAIL, identity) or re.fullmatch(_KUBERNETES_SA, identity)):
         return (
             f"{member!r}: serviceAccount members need an email address after the prefix"
             " (or a Kubernetes service account, PROJECT_ID.svc.id.goog[NAMESPACE/NAME])"
         )
     if not identity:
         return f"{member!r}: nothing after the {prefix!r} prefix"
-    if prefix == "domain:" and not (_DOMAIN.fullmatch(identity) and len(identity) <= 253):
+    if prefix == "domain:" and not (re.fullmatch(_DOMAIN, identity) and len(identity) <= 253):
         return f"{member!r}: domain members need a DNS domain after the prefix, such as example.com"
-    if prefix == "principal:" and not _PRINCIPAL.fullmatch(member):
+    if prefix == "principal:" and not re.fullmatch(_PRINCIPAL, member):
         return f"{member!r} {PRINCIPAL_RULE}"
-    if prefix == "principalSet:" and not _PRINCIPAL_SET.fullmatch(member):
+    if prefix == "principalSet:" and not re.fullmatch(_PRINCIPAL_SET, member):
         return f"{member!r} {PRINCIPAL_RULE}"
     return None
 
@@ -521,18 +536,19 @@ TRUST_ENV = (
 # Direct VPC egress (Cloud Run "Direct VPC egress with a VPC network"): what leaves through the network.
 VPC_EGRESS_CHOICES = ("PRIVATE_RANGES_ONLY", "ALL_TRAFFIC")
 _NETWORK_NAME = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"  # RFC 1035, as every Compute Engine name
-_NETWORK = re.compile(rf"{_NETWORK_NAME}|projects/{_PROJECT_ID}/global/networks/{_NETWORK_NAME}")
-_SUBNETWORK = re.compile(
-    rf"{_NETWORK_NAME}|projects/{_PROJECT_ID}/regions/(?P<region>[a-z]+-[a-z]+[0-9]+)/subnetworks/{_NETWORK_NAME}"
+_NETWORK = rf"{_NETWORK_NAME}|projects/{PROJECT_ID_PATTERN}/global/networks/{_NETWORK_NAME}"
+_SUBNETWORK = (
+    rf"{_NETWORK_NAME}"
+    rf"|projects/{PROJECT_ID_PATTERN}/regions/(?P<region>[a-z]+-[a-z]+[0-9]+)/subnetworks/{_NETWORK_NAME}"
 )
-_NETWORK_TAG = re.compile(_NETWORK_NAME)
+_NETWORK_TAG = _NETWORK_NAME
 
 # Secret Manager: a secret id is 1-255 letters, digits, '-' and '_'; a version "latest" or a number from 1.
 _SECRET_ID = r"[A-Za-z0-9_-]{1,255}"
 _SECRET_VERSION = r"latest|[1-9][0-9]{0,18}"
-_SECRET_SHORT = re.compile(rf"(?P<secret>{_SECRET_ID})(?::(?P<version>{_SECRET_VERSION}))?")
-_SECRET_PATH = re.compile(
-    rf"projects/(?P<project>{_PROJECT_ID}|[0-9]{{1,19}})/secrets/(?P<secret>{_SECRET_ID})"
+_SECRET_SHORT = rf"(?P<secret>{_SECRET_ID})(?::(?P<version>{_SECRET_VERSION}))?"
+_SECRET_PATH = (
+    rf"projects/(?P<project>{PROJECT_ID_PATTERN}|[0-9]{{1,19}})/secrets/(?P<secret>{_SECRET_ID})"
     rf"(?:/versions/(?P<version>{_SECRET_VERSION}))?"
 )
 SECRET_RULE = (
@@ -639,11 +655,11 @@ SERVICE_ACCOUNT_ID_RULE = (
 )
 
 
-def _gcp_key(config: Mapping[str, str], key: str, pattern: re.Pattern[str], rule: str, problems: list[str]) -> str:
+def _gcp_key(config: Mapping[str, str], key: str, pattern: str, rule: str, problems: list[str]) -> str:
     value = config.get(f"gcp:{key}", "")
     if not value:
         problems.append(f"gcp:{key}: missing; set it with `pulumi config set gcp:{key} <value>`")
-    elif not pattern.fullmatch(value):
+    elif not re.fullmatch(pattern, value):
         problems.append(f"gcp:{key}: {value!r} {rule}")
     return value
 
@@ -672,7 +688,7 @@ def _name_prefix(top: _Reader, stack: str) -> str | None:
     derived = "tasks-" + re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-")
     prefix = top.text("namePrefix", derived)
     origin = "" if top.value.get("namePrefix") is not None else f" (derived from stack {stack!r}; set namePrefix)"
-    if _NAME_PREFIX.fullmatch(prefix) and MIN_NAME_PREFIX_LENGTH <= len(prefix) <= MAX_NAME_PREFIX_LENGTH:
+    if re.fullmatch(_NAME_PREFIX, prefix) and MIN_NAME_PREFIX_LENGTH <= len(prefix) <= MAX_NAME_PREFIX_LENGTH:
         return prefix
     top.problems.append(
         f"namePrefix: {prefix!r}{origin} must be {MIN_NAME_PREFIX_LENGTH}-{MAX_NAME_PREFIX_LENGTH} lowercase"
@@ -687,6 +703,8 @@ def _derived(prefix: str | None, suffix: str) -> str | None:
 
 @dataclass(frozen=True)
 class _Scale:
+    """Instances and requests per instance, read first: their capacity caps the default maxConcurrentDispatches."""
+
     max_instances: int
     concurrency: int
 
@@ -859,7 +877,7 @@ def _service(
             _SERVICE_NAME,
             "is not a Cloud Run service name (1-63 lowercase letters, digits, hyphens; starts with a letter)",
         ),
-        image=s.matching("image", DEFAULT_IMAGE, re.compile(r"\S+"), "is not a container image reference"),
+        image=s.matching("image", DEFAULT_IMAGE, r"\S+", "is not a container image reference"),
         manage_image=s.flag("manageImage", True),
         ingress=Ingress(s.choice("ingress", Ingress.INTERNAL_ONLY.value, tuple(i.value for i in Ingress))),
         timeout=_timeout(s, queues),
@@ -902,7 +920,7 @@ def _timeout(s: _Reader, queues: list[QueueSettings]) -> Duration:
 
 
 def _check_cpu_memory(s: _Reader, cpu: str, memory: str) -> None:
-    match = _MEMORY.fullmatch(memory)
+    match = re.fullmatch(_MEMORY, memory)
     if not match:
         return
     mib = int(match[1]) * (1024 if match[2] == "Gi" else 1)
@@ -941,7 +959,7 @@ def _env(s: _Reader) -> tuple[tuple[str, str], ...]:
 
 def env_name_problem(name: str) -> str | None:
     """Why `name` may not be set from service.env or service.secretEnv, or None when it may."""
-    if not _ENV_NAME.fullmatch(name):
+    if not re.fullmatch(_ENV_NAME, name):
         return "not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
     if name in RESERVED_ENV:
         return "reserved; Cloud Run or this stack sets it"
@@ -984,7 +1002,7 @@ def _secret_env(s: _Reader, plain: set[str]) -> tuple[SecretEnv, ...]:
             s.problems.append(f"{where}: also set in service.env; a variable takes its value from one of the two")
         elif not isinstance(reference, str):
             s.problems.append(f"{where}: expected a string naming a secret, got {_show(reference)}")
-        elif match := _SECRET_SHORT.fullmatch(reference) or _SECRET_PATH.fullmatch(reference):
+        elif match := re.fullmatch(_SECRET_SHORT, reference) or re.fullmatch(_SECRET_PATH, reference):
             groups = match.groupdict()
             found.append(
                 SecretEnv(
@@ -1006,7 +1024,7 @@ def _redis_url_secret(s: _Reader) -> tuple[SecretEnv, ...]:
     reference = s.text("idempotencyRedisUrlSecret", "")
     if not reference:
         return ()
-    match = _SECRET_SHORT.fullmatch(reference) or _SECRET_PATH.fullmatch(reference)
+    match = re.fullmatch(_SECRET_SHORT, reference) or re.fullmatch(_SECRET_PATH, reference)
     if match is None:
         s.problems.append(f"service.idempotencyRedisUrlSecret: {reference!r} {SECRET_RULE}")
         return ()
@@ -1059,7 +1077,7 @@ def _vpc(s: _Reader, location: str) -> VpcEgress | None:
     )
     if isinstance(s.value.get("vpc"), Mapping) and v.value.get("network") is None and v.value.get("subnetwork") is None:
         v.problems.append(f"{v.path}: set network, subnetwork or both (the interface Direct VPC egress sends through)")
-    in_region = _SUBNETWORK.fullmatch(subnetwork)
+    in_region = re.fullmatch(_SUBNETWORK, subnetwork)
     region = in_region["region"] if in_region else None
     if region and location and region != location:
         v.problems.append(
@@ -1079,7 +1097,7 @@ def _network_tags(v: _Reader) -> tuple[str, ...]:
     raw = v._get("networkTags", (list,), "a list of network tags", [])
     tags = []
     for i, tag in enumerate(raw):
-        if isinstance(tag, str) and _NETWORK_TAG.fullmatch(tag):
+        if isinstance(tag, str) and re.fullmatch(_NETWORK_TAG, tag):
             tags.append(tag)
         else:
             v.problems.append(
@@ -1201,7 +1219,7 @@ DEFAULT_HANDLER_ERROR_RATIO = 0.05
 # At service.timeout Cloud Run ends a request and Cloud Tasks retries it: a p99 at 80% of it means the
 # slowest tasks are about to be cut off.
 DEFAULT_LATENCY_SHARE_OF_TIMEOUT = Decimal("0.8")
-_NOTIFICATION_CHANNEL = re.compile(rf"projects/(?:{_PROJECT_ID}|[0-9]{{1,19}})/notificationChannels/[0-9]{{1,20}}")
+_NOTIFICATION_CHANNEL = rf"projects/(?:{PROJECT_ID_PATTERN}|[0-9]{{1,19}})/notificationChannels/[0-9]{{1,20}}"
 NOTIFICATION_CHANNEL_RULE = (
     "is not a notification channel id (projects/PROJECT/notificationChannels/NUMBER, as"
     " `gcloud beta monitoring channels list --format='value(name)'` prints it)"
@@ -1253,13 +1271,13 @@ def _alert_duration(m: _Reader, key: str) -> Duration:
     return value
 
 
-def _strings(m: _Reader, key: str, pattern: re.Pattern[str], rule: str) -> tuple[str, ...]:
+def _strings(m: _Reader, key: str, pattern: str, rule: str) -> tuple[str, ...]:
     raw = m._get(key, (list,), "a list of strings", [])
     found = []
     for i, item in enumerate(raw):
         if not isinstance(item, str):
             m.problems.append(f"{m._at(key)}[{i}]: expected a string, got {_show(item)}")
-        elif not pattern.fullmatch(item):
+        elif not re.fullmatch(pattern, item):
             m.problems.append(f"{m._at(key)}[{i}]: {item!r} {rule}")
         else:
             found.append(item)
@@ -1287,13 +1305,13 @@ DEPLOYER_KEYS = (
     "previewServiceAccountId",
 )
 
-_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
-_REPO_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
-_IDENTITY_ID = re.compile(r"[a-z0-9-]{4,32}")
-_BRANCH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}"
+_REPO_NAME = r"[A-Za-z0-9._-]{1,100}"
+_IDENTITY_ID = r"[a-z0-9-]{4,32}"
+_BRANCH_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 # Narrower than GitHub's own rule (any name up to 255 characters): the name ends a principalSet member
 # after a ':' separator (components/deployer.py), so it keeps to characters with no meaning there.
-_ENVIRONMENT = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_ENVIRONMENT = r"[A-Za-z0-9_.-]{1,255}"
 
 REPOSITORY_RULE = (
     "is not a GitHub repository in owner/repo form (owner: 1-39 letters, digits and single inner"
@@ -1310,27 +1328,27 @@ ENVIRONMENTS_HINT = "set it with `pulumi config set --path 'deployEnvironments[0
 
 def repository_problem(value: str) -> str | None:
     owner, slash, repo = value.partition("/")
-    valid = slash and _OWNER.fullmatch(owner) and _REPO_NAME.fullmatch(repo) and repo not in (".", "..")
+    valid = slash and re.fullmatch(_OWNER, owner) and re.fullmatch(_REPO_NAME, repo) and repo not in (".", "..")
     return None if valid else f"{value!r} {REPOSITORY_RULE}"
 
 
 def identity_id_problem(value: str) -> str | None:
     """A Workload Identity pool or provider id."""
-    valid = _IDENTITY_ID.fullmatch(value) and not value.startswith("gcp-")
+    valid = re.fullmatch(_IDENTITY_ID, value) and not value.startswith("gcp-")
     return None if valid else f"{value!r} {IDENTITY_ID_RULE}"
 
 
 def service_account_id_problem(value: str) -> str | None:
-    return None if SERVICE_ACCOUNT_ID_PATTERN.fullmatch(value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
+    return None if re.fullmatch(SERVICE_ACCOUNT_ID_PATTERN, value) else f"{value!r} {SERVICE_ACCOUNT_ID_RULE}"
 
 
 def branch_problem(value: str) -> str | None:
-    valid = all(_BRANCH_PART.fullmatch(part) for part in value.split("/")) and ".." not in value
+    valid = all(re.fullmatch(_BRANCH_PART, part) for part in value.split("/")) and ".." not in value
     return None if valid else f"{value!r} {BRANCH_RULE}"
 
 
 def environment_problem(value: str) -> str | None:
-    return None if _ENVIRONMENT.fullmatch(value) else f"{value!r} {ENVIRONMENT_RULE}"
+    return None if re.fullmatch(_ENVIRONMENT, value) else f"{value!r} {ENVIRONMENT_RULE}"
 
 
 def deploy_environments_problems(raw: str | None) -> list[str]:
@@ -1356,6 +1374,8 @@ def deploy_environments_problems(raw: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class DeployerSettings:
+    """The deployer project's config, validated (`load_deployer_settings`)."""
+
     project: str
     repository: str  # "owner/repo", as GitHub spells it
     deploy_branch: str
@@ -1373,7 +1393,7 @@ def load_deployer_settings(config: Mapping[str, str]) -> DeployerSettings:
     project = config.get("gcp:project", "")
     if not project:
         problems.append("gcp:project: missing; set it with `pulumi config set gcp:project <project-id>`")
-    elif not PROJECT_ID_PATTERN.fullmatch(project):
+    elif not re.fullmatch(PROJECT_ID_PATTERN, project):
         problems.append(f"gcp:project: {project!r} is not a Google Cloud project id")
     values = {
         key.partition(":")[2]: value for key, value in config.items() if key.partition(":")[0] == DEPLOYER_NAMESPACE

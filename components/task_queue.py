@@ -41,6 +41,8 @@ class QueueGrant:
 
 @dataclass(frozen=True)
 class TaskQueueArgs:
+    """One queue: its id, rate, retry and logging, its optional routing and pause, and the grants on it."""
+
     project: str
     location: str
     # Physical queue id. Never reuse one: a deleted queue's id stays blocked for up to 7 days.
