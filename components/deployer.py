@@ -123,6 +123,8 @@ ATTRIBUTE_MAPPING = {
 
 @dataclass(frozen=True)
 class DeployerIdentityArgs:
+    """The deployer project, the GitHub repository and environments it trusts, and the ids of what it creates."""
+
     project: pulumi.Input[str]
     # "owner/repo", as GitHub spells it: the OIDC claim is compared exactly.
     repository: str

@@ -53,6 +53,8 @@ class StackOutputsError(ValueError):
 
 @dataclass(frozen=True)
 class QueueOutputs:
+    """One queue, as the stack exports it: what a producer needs to create tasks on it."""
+
     key: str
     id: str
     path: str
@@ -65,6 +67,8 @@ class QueueOutputs:
 
 @dataclass(frozen=True)
 class StackOutputs:
+    """Every value the stack exports, read back and checked: what producers and other stacks consume."""
+
     project: str
     location: str
     service_name: str
