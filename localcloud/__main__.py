@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
+
+from taskclient.interrupts import stop_on_signals
 
 __all__ = ["build_parser", "main", "run_emulator"]
 
@@ -30,7 +29,7 @@ def run_emulator(args: argparse.Namespace) -> int:
     from localcloud.emulator.service import CloudTasksEmulator
     from localcloud.emulator.store import DataDirInUse, StoreError, UnreadableDataDir
 
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         emulator = CloudTasksEmulator(
@@ -66,17 +65,6 @@ def run_emulator(args: argparse.Namespace) -> int:
     finally:
         emulator.stop()
     return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return stop
 
 
 def _non_negative(text: str) -> float:

@@ -7,15 +7,14 @@ deletes that state first.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from localcloud.program import PROJECT_DIR
 from localcloud.stack import LocalStackError, running, write_outputs
 from taskclient.connection import EMULATOR_ENV
+from taskclient.interrupts import stop_on_signals
 
 
 def run_up(
@@ -31,13 +30,7 @@ def run_up(
 ) -> int:
     if data_dir is not None:
         _prepare_data_dir(data_dir, fresh=fresh)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     lock = threading.Lock()
 
     def on_line(source: str, line: str) -> None:

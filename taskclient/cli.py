@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -28,6 +27,7 @@ from contract.outputs import OUTPUTS_ENV, StackOutputsError
 from taskclient import dead_letter_cli
 from taskclient.buffer import TaskBuffer
 from taskclient.errors import PublishError, TaskClientError, UsageError
+from taskclient.interrupts import SignalFlag
 from taskclient.progress import progress_bar
 from taskclient.publisher import (
     MAX_SCHEDULE_AHEAD,
@@ -371,7 +371,7 @@ class BulkReport:
 def _bulk(publisher: TaskPublisher, args: argparse.Namespace, source: BulkInput) -> int:
     console = Console(stderr=True)
     report = BulkReport(console)
-    stop = threading.Event()
+    stop = SignalFlag()
     lines = source.lines()
     unsent: list[int] = []  # after Ctrl-C: how many lines were not sent, the first and the last
 
@@ -383,7 +383,7 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, source: BulkInput)
             request = _checked_line(number, text, args, report)
             if request is None:
                 advance()
-            elif stop.is_set():
+            elif stop.is_set:
                 not_sent(number)
                 return
             else:
@@ -392,7 +392,7 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, source: BulkInput)
 
     # Ctrl-C stops taking lines; the calls in flight finish, so each line is either sent (with its result) or
     # not sent at all, and the summary can say which.
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
     try:
         with progress_bar(console, source.count, "creating tasks") as advance:
@@ -425,7 +425,7 @@ def _bulk(publisher: TaskPublisher, args: argparse.Namespace, source: BulkInput)
         f"created {report.created}, duplicates {report.duplicate_count}"
         f"{' (already there, not sent again)' if report.duplicate_count else ''}, failed {report.failed}"
     )
-    if stop.is_set():
+    if stop.is_set:
         last = f"last line sent: {report.last_sent}" if report.last_sent is not None else "no line sent"
         rest = f"; not sent: lines {unsent[1]} to {unsent[2]}" if unsent else ""
         print(f"interrupted: {summary}, not sent {unsent[0] if unsent else 0} ({last}{rest})")
