@@ -249,14 +249,15 @@ def running(
     without, it starts empty and keeps everything in memory.
     """
     config = stack_config(stack)
+    # The config before the ports: a mistake in it is the thing to fix, whichever ports are free.
+    local = plan(config, stack, handler_port or free_port())
     _check_free(
         (emulator_port, "the emulator's gRPC port", "--emulator-port"),
         (http_port, "the token signing keys' port", "--http-port"),
         (handler_port, "the task handler's port", "--handler-port"),
         (console_port or 0, "the emulator console's port", "--console-port"),
     )
-    handler_port = handler_port or free_port()
-    local = plan(config, stack, handler_port)
+    handler_port = local.service.port
     if tuple(handler_command) == DEFAULT_HANDLER:
         for warning in unserved_queue_warnings(StackOutputs.from_mapping(local.outputs)):
             print(f"warning: {warning}", file=sys.stderr)
