@@ -334,6 +334,9 @@ def _check_free(*ports: tuple[int, str, str]) -> None:
         if not port:
             continue
         with socket.socket() as sock:
+            # As the servers bind: a port that only closed connections linger on (TIME_WAIT, a minute after a
+            # stop) is free to them, and one with a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

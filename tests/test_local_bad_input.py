@@ -115,6 +115,27 @@ def test_a_port_in_use_names_the_port_and_the_flag_to_change_it(capsys: pytest.C
     assert started_processes() == before
 
 
+def test_a_port_a_closed_connection_lingers_on_is_free_to_use_again() -> None:
+    # Stop `localcloud up` and start it again at once: the handler's port still holds the last connections in
+    # TIME_WAIT for a minute. The servers bind with SO_REUSEADDR and start; the check must not call it in use.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's (the handler's) does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server's side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    localcloud.stack._check_free((port, "the task handler's port", "--handler-port"))
+    with socket.socket() as taken:  # a port someone listens on is still refused
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(localcloud.stack.LocalStackError, match=f"port {port} .* is in use"):
+            localcloud.stack._check_free((port, "the task handler's port", "--handler-port"))
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text()
