@@ -17,14 +17,17 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -39,7 +42,7 @@ from contract.retry import RetryPolicy
 from handler.dead_letters import CloudTasksDeadLetters, DeadLetter, DeadLetterSink, LogDeadLetters, dead_letter
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, IdempotencyStore, MemoryStore, RedisStore, lease_seconds
-from handler.limits import BODY_TIMEOUT_S
+from handler.limits import BODY_BUFFERED, BODY_TIMEOUT_S
 from handler.oidc import TokenRejected, TokenVerifier, VerifierUnavailable
 from handler.structured_log import JsonLog
 from handler.tasks import (
@@ -60,6 +63,8 @@ CERTS_RETRY_AFTER_S = 5
 # schedule waits. A wait that is no number at all (or NaN) says nothing: it gets a middle one.
 MAX_RETRY_AFTER_S = DEFAULT_MAX_BACKOFF_S
 UNREADABLE_RETRY_AFTER_S = 30
+# 19 digits in a row: maybe an integer past 64 bits, which orjson would read as a float (handler.app._json).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class TaskService:
         # Each queue's retry policy, built once: QueueEntry.retry builds a new (equal) one on every call.
         self._retries = {queue: entry.retry for queue, entry in settings.queues.items()}
         self._deadlines = {queue: entry.dispatch_deadline_seconds for queue, entry in settings.queues.items()}
+        # Claim owners unique across every instance sharing a store: this service's random prefix and a count, as
+        # unique as a random token per attempt and without its system call.
+        self._owner_prefix = secrets.token_hex(8) + "."
+        self._attempts = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The task route, as a plain ASGI app: no Response object, no per-request wrappers."""
@@ -133,9 +142,9 @@ class TaskService:
         path = "/" + scope["path_params"]["path"]
         context: TaskContext | None = None
         malformed: MalformedHeaders | None = None
-        # One pass into a dict (the last of repeated names, as dict(Headers.items()) gives): Starlette's Headers
-        # scans its list on every lookup.
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        # The raw headers in a dict (the last of repeated names wins), only the values read decoded: Starlette's
+        # Headers scans its list, and decodes every name, on every lookup.
+        headers: dict[bytes, bytes] = dict(scope["headers"])
         try:
             context = TaskContext.from_headers(headers, self._retry)
         except MalformedHeaders as err:
@@ -148,7 +157,8 @@ class TaskService:
                 reply = Reply(400, TaskOutcome.REJECTED, f"not a Cloud Tasks request: {malformed}")
             else:
                 reply = await self._deliver(request, path, context)
-        self._log_request(path, context, reply, time.perf_counter() - started, headers.get(TRACE_HEADER))
+        trace = context.trace if context is not None else headers.get(TRACE_HEADER, b"").decode("latin-1")
+        self._log_request(path, context, reply, time.perf_counter() - started, trace)
         return reply
 
     def _deadline(self, queue: str) -> float | None:
@@ -172,11 +182,11 @@ class TaskService:
     async def _deliver(self, request: Request, path: str, context: TaskContext) -> Reply:
         # Read before the claim: a body that trickles in holds no claim, so a retry of the task meanwhile runs.
         try:
-            body = await _body(request.receive, self._body_timeout)
+            body = await _body(request.scope, request.receive, self._body_timeout)
         except TimeoutError:
             return Reply(408, TaskOutcome.REJECTED, f"the body did not arrive within {self._body_timeout:g}s")
         key = f"{context.queue}/{context.task}"
-        owner = secrets.token_hex(8)  # this attempt's: its release never ends a later attempt's claim
+        owner = f"{self._owner_prefix}{next(self._attempts)}"  # this attempt's: its release ends no later one's claim
         claim = await self._store.claim(key, owner)
         if claim is Claim.DONE:
             return Reply(200, TaskOutcome.DUPLICATE, "this task was done before")
@@ -211,7 +221,7 @@ class TaskService:
         payload: Any = body
         if task_type.body is BodyKind.JSON:
             try:
-                payload = json.loads(body)
+                payload = _json(body)
             except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
                 reason = f"body is not JSON: {type(err).__name__}: {err}"
                 return await self._dead_letter(request, path, body, context, reason)
@@ -318,7 +328,7 @@ class TaskService:
         fields: dict[str, Any] = {
             "outcome": reply.outcome,
             "path": path,
-            "latencyMs": round(seconds * 1000, 3),
+            "latencyMs": round(seconds * 1e6) / 1000,  # to the microsecond: round(x, 3) costs a tenth of the line
             "httpRequest": {
                 "requestMethod": "POST",
                 "requestUrl": path,
@@ -332,9 +342,9 @@ class TaskService:
             fields["queue"] = context.queue
             fields["task"] = context.task
             fields["attempt"] = context.attempt
-            message = f"task {reply.outcome}"
+            message = "task " + reply.outcome  # its value: str's + is cheaper than an enum's format()
         else:
-            message = f"request {reply.outcome}"
+            message = "request " + reply.outcome
         self._log.write(severity, message, fields, trace)
 
 
@@ -377,29 +387,50 @@ def _message(err: BaseException) -> str:
         return f"(its message cannot be read: {type(err).__name__}.__str__ failed)"
 
 
-async def _body(receive: Receive, timeout_s: float) -> bytes | None:
+def _json(body: bytes) -> Any:
+    """json.loads(body), read by orjson when it gives the same value (nearly always, at a fiftieth of the cost).
+    What orjson refuses (NaN, a byte-order mark, UTF-16, lone surrogates, nesting past 1,024), and any run of 19
+    digits (orjson reads an integer past 64 bits as a float), goes to the stdlib, which takes it or raises its own
+    error: either way the work gets the value, or the error, json.loads gives."""
+    if _LONG_DIGITS.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
+
+
+async def _body(scope: Scope, receive: Receive, timeout_s: float) -> bytes | None:
     """The body, or None when it is over the limit; TimeoutError when it has not all arrived within `timeout_s`.
-    Past the limit the rest is read and dropped, never held: the caller then reads the answer rather than a reset
+    A body the server already holds whole (handler.limits marks its scope) is read without a timer: nothing is
+    left to wait for, and a timer is the dearest step of a task's read."""
+    if BODY_BUFFERED in scope.get("extensions", ()):
+        return await _read_body(receive)
+    async with asyncio.timeout(timeout_s):
+        return await _read_body(receive)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """Past the limit the rest is read and dropped, never held: the caller then reads the answer rather than a reset
     connection, and the connection carries the next request. A caller that hangs up meanwhile: ClientDisconnect,
     as Starlette's Request.stream() raises. Read from ASGI `receive` itself: the stream's async generator costs
     more than the one message a task's body nearly always is."""
     chunks: list[bytes] = []
     size = 0
-    async with asyncio.timeout(timeout_s):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            if message["type"] != "http.request":
-                continue
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= MAX_BODY_BYTES:
-                chunks.append(chunk)
-            elif chunks:
-                chunks.clear()
-            if not message.get("more_body", False):
-                break
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+        elif chunks:
+            chunks.clear()
+        if not message.get("more_body", False):
+            break
     if size > MAX_BODY_BYTES:
         return None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

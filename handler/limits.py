@@ -3,7 +3,8 @@
 uvicorn's httptools protocol keeps no such bound: it buffers a head of any size (a 20 MB header whole, inside the
 parser) and waits for a head forever, so one oversized or trickling caller holds memory or a connection for as
 long as it likes. `BoundedHttpToolsProtocol` adds both bounds to the head; the app bounds the body
-(`BODY_TIMEOUT_S` here, the 1 MiB size in handler.app).
+(`BODY_TIMEOUT_S` here, the 1 MiB size in handler.app). It tells the app, through the request's scope, when it
+already holds the whole body (`BODY_BUFFERED`): reading it then waits for nothing, and the app arms no timer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ HEADER_TIMEOUT_S = 10.0
 # 1 MiB takes a fraction of it on Google's network. The body is read before the task is claimed, so a trickled
 # body never holds the claim meanwhile.
 BODY_TIMEOUT_S = MIN_DISPATCH_DEADLINE_S
+# The ASGI scope extension the protocol sets once the server holds a request's whole body (nearly always before the
+# app starts: a task's head and body come in one read). Absent, the body may still be on its way.
+BODY_BUFFERED = "cloudrun-tasks.body-buffered"
 
 _log = JsonLog()
 
@@ -73,6 +77,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self.cycle is not None:
+            self.cycle.scope.setdefault("extensions", {})[BODY_BUFFERED] = {}
         self._head_bytes = 0  # what comes next is the next request's head
 
     def _start_head_clock(self) -> None:

@@ -16,8 +16,9 @@ TRACE_FIELD = "logging.googleapis.com/trace"
 # no state between calls, so threads share it).
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 # orjson, told to treat values as the stdlib encoder above does: dataclasses and datetimes go to default=str (orjson
-# would write them its own way), keys that are not strings become strings.
-_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+# would write them its own way). It refuses keys that are not strings (its option to take them costs a third more on
+# every line): those lines go to the stdlib's encoder.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_APPEND_NEWLINE
 
 
 class JsonLog:
@@ -34,7 +35,7 @@ class JsonLog:
         entry: dict[str, Any] = {
             "severity": severity,
             "message": message,
-            "time": datetime.now(UTC).isoformat(),
+            "time": now_text(),
             **fields,
         }
         if trace and self._project:
@@ -50,14 +51,20 @@ class JsonLog:
             stream.flush()
 
 
+def now_text() -> str:
+    """The time now as `datetime.now(UTC).isoformat()` writes it (RFC 3339), which orjson writes at half the cost."""
+    return orjson.dumps(datetime.now(UTC))[1:-1].decode("ascii")
+
+
 def encode_line(entry: Mapping[str, Any]) -> str:
     """One log line: ASCII JSON and a newline. orjson writes nearly every line, at a tenth of the stdlib's cost;
     the stdlib's encoder writes what orjson cannot say in ASCII: text beyond ASCII (orjson writes it as UTF-8,
     which a stdout of another encoding could not take), lone surrogates and integers past 64 bits (orjson
-    refuses both). Either way the line holds the same values; orjson writes a NaN or infinite float as null,
-    where the stdlib would write a token that is not JSON and Cloud Logging could not parse the line."""
+    refuses both), and keys that are not strings. Either way the line holds the same values; orjson writes a NaN
+    or infinite float as null, where the stdlib would write a token that is not JSON and Cloud Logging could not
+    parse the line."""
     try:
-        encoded = orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        encoded = orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         pass
     else:

@@ -19,16 +19,17 @@ from contract import cloud_tasks
 from contract.dead_letters import CLOCK_SKEW_ALLOWANCE_S, HEADER_NOT_BEFORE
 from contract.retry import RetryPolicy, retry_window, retrying_stops, time_of_attempt
 
-# Header names as they arrive: Starlette hands them over lower-cased.
-_QUEUE_NAME = cloud_tasks.HEADER_QUEUE_NAME.lower()
-_TASK_NAME = cloud_tasks.HEADER_TASK_NAME.lower()
-_RETRY_COUNT = cloud_tasks.HEADER_RETRY_COUNT.lower()
-_EXECUTION_COUNT = cloud_tasks.HEADER_EXECUTION_COUNT.lower()
-_ETA = cloud_tasks.HEADER_ETA.lower()
-_PREVIOUS_RESPONSE = cloud_tasks.HEADER_PREVIOUS_RESPONSE.lower()
-_RETRY_REASON = cloud_tasks.HEADER_RETRY_REASON.lower()
-_NOT_BEFORE = HEADER_NOT_BEFORE.lower()
-TRACE_HEADER = "x-cloud-trace-context"  # Cloud Run's front end sets it: the request's trace, for the logs
+# Header names as the ASGI scope holds them: lower-cased bytes. Only the values read are decoded.
+_QUEUE_NAME = cloud_tasks.HEADER_QUEUE_NAME.lower().encode()
+_TASK_NAME = cloud_tasks.HEADER_TASK_NAME.lower().encode()
+_RETRY_COUNT = cloud_tasks.HEADER_RETRY_COUNT.lower().encode()
+_EXECUTION_COUNT = cloud_tasks.HEADER_EXECUTION_COUNT.lower().encode()
+_ETA = cloud_tasks.HEADER_ETA.lower().encode()
+_PREVIOUS_RESPONSE = cloud_tasks.HEADER_PREVIOUS_RESPONSE.lower().encode()
+_RETRY_REASON = cloud_tasks.HEADER_RETRY_REASON.lower().encode()
+_NOT_BEFORE = HEADER_NOT_BEFORE.lower().encode()
+TRACE_HEADER = b"x-cloud-trace-context"  # Cloud Run's front end sets it: the request's trace, for the logs
+_MAX_COUNT_DIGITS = len(str(cloud_tasks.MAX_INT32))
 # The retention (31 days from creation) deletes a task whatever its retry limits say. A day short of it
 # covers the wait before a next attempt (at most max_backoff, an hour by default, or a Retry-After).
 RETENTION_HORIZON_S = cloud_tasks.TASK_RETENTION_S - 86400.0
@@ -106,9 +107,11 @@ class TaskContext:
         return Finality.NOT_FINAL if limits_go_on and retention_far else Finality.UNSURE
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], retry_of: Callable[[str], RetryPolicy | None]) -> TaskContext:
-        queue = headers.get(_QUEUE_NAME, "")
-        task = headers.get(_TASK_NAME, "")
+    def from_headers(cls, headers: Mapping[bytes, bytes], retry_of: Callable[[str], RetryPolicy | None]) -> TaskContext:
+        """From the request's headers as `dict(scope["headers"])` holds them: lower-cased names, bytes, the last of
+        repeated names. Text is decoded as Latin-1 (as Starlette does), numbers are read from the bytes."""
+        queue = headers.get(_QUEUE_NAME, b"").decode("latin-1")
+        task = headers.get(_TASK_NAME, b"").decode("latin-1")
         if not queue or not task:
             raise MalformedHeaders(f"missing {cloud_tasks.HEADER_QUEUE_NAME} or {cloud_tasks.HEADER_TASK_NAME}")
         _check_length(cloud_tasks.HEADER_QUEUE_NAME, queue, cloud_tasks.MAX_QUEUE_ID_LENGTH, "queue id")
@@ -120,9 +123,9 @@ class TaskContext:
             execution_count=_count(headers, _EXECUTION_COUNT),
             eta=_eta(headers.get(_ETA)),
             previous_response=_decimal(headers.get(_PREVIOUS_RESPONSE)),
-            retry_reason=headers.get(_RETRY_REASON) or None,
+            retry_reason=_text(headers.get(_RETRY_REASON)) or None,
             retry=retry_of(queue),
-            trace=headers.get(TRACE_HEADER),
+            trace=_text(headers.get(TRACE_HEADER)),
             not_before=_not_before(headers.get(_NOT_BEFORE)),
         )
 
@@ -133,23 +136,30 @@ def _check_length(header: str, value: str, limit: int, what: str) -> None:
         raise MalformedHeaders(f"{header}: {len(value)} characters, over the {limit} of a Cloud Tasks {what}")
 
 
-def _count(headers: Mapping[str, str], name: str) -> int:
-    value = _decimal(headers.get(name, "0"))
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _count(headers: Mapping[bytes, bytes], name: bytes) -> int:
+    text = headers.get(name)
+    if text is None:
+        return 0
+    value = _decimal(text)
     if value is None:
-        raise MalformedHeaders(f"{name}: {headers.get(name)!r} is not a count")
+        raise MalformedHeaders(f"{name.decode()}: {text.decode('latin-1')!r} is not a count")
     return value
 
 
-def _decimal(text: str | None) -> int | None:
+def _decimal(text: bytes | None) -> int | None:
     """A number as Cloud Tasks writes one: ASCII digits only, at most an int32 (its counts' type); else None.
     int() alone would also take "1_0", "+1", " 1" and other scripts' digits (U+0661, Arabic-Indic one)."""
-    if not text or len(text) > len(str(cloud_tasks.MAX_INT32)) or not (text.isascii() and text.isdigit()):
+    if not text or len(text) > _MAX_COUNT_DIGITS or not text.isdigit():  # bytes.isdigit(): ASCII digits only
         return None
     value = int(text)
     return value if value <= cloud_tasks.MAX_INT32 else None
 
 
-def _not_before(text: str | None) -> float | None:
+def _not_before(text: bytes | None) -> float | None:
     """The producer's header, or None when absent or unreadable: an age the handler cannot read is unknown,
     which only makes it record more, never less."""
     try:
@@ -159,11 +169,11 @@ def _not_before(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _eta(text: str | None) -> datetime | None:
+def _eta(text: bytes | None) -> datetime | None:
     try:
         return datetime.fromtimestamp(float(text), UTC) if text else None
     except (ValueError, OverflowError, OSError):
-        raise MalformedHeaders(f"{_ETA}: {text!r} is not seconds since the epoch") from None
+        raise MalformedHeaders(f"{_ETA.decode()}: {_text(text)!r} is not seconds since the epoch") from None
 
 
 class BodyKind(StrEnum):

@@ -6,6 +6,7 @@ from the command line so the suite stays fast; in process where only the app's a
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -18,16 +19,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 from test_handler_app import SETTINGS, log_entries, task_headers
 from test_handler_server import QUEUE, QUEUES, HandlerProcess, handler  # noqa: F401  (handler: a fixture)
 
 from contract.cloud_tasks import MAX_TASK_BYTES, MAX_TASK_ID_LENGTH
 from contract.outcomes import TaskOutcome
+from handler import app as app_module
 from handler.app import create_app
 from handler.dead_letters import MemoryDeadLetters
 from handler.idempotency import Claim, MemoryStore
-from handler.limits import MAX_HEAD_BYTES
+from handler.limits import BODY_BUFFERED, MAX_HEAD_BYTES, bounded_protocol
 from handler.structured_log import JsonLog
 from handler.tasks import MalformedHeaders, PermanentError, RetryLater, TaskContext, TaskRouter
 from localcloud.stack import free_port
@@ -321,6 +324,11 @@ def test_odd_failures_from_work_code_still_get_the_contract_answer(case: str) ->
     assert response.json()["status"] == outcome and response.json()["reason"]
 
 
+def raw(headers: dict[str, str]) -> dict[bytes, bytes]:
+    """Headers as the ASGI scope holds them (UTF-8 on the wire, as a client sends text beyond Latin-1)."""
+    return {name.encode(): value.encode() for name, value in headers.items()}
+
+
 NOT_COUNTS = ["1_0", "+1", " 1", "1 ", "\u0661", "\uff11", "\u00b2", "-0", "-1", "0x1", "1e3", "1.0", str(2**31)]
 
 
@@ -328,10 +336,10 @@ NOT_COUNTS = ["1_0", "+1", " 1", "1 ", "\u0661", "\uff11", "\u00b2", "-0", "-1",
 def test_a_retry_count_python_would_parse_but_cloud_tasks_never_sends_is_malformed(text: str) -> None:
     headers = {"x-cloudtasks-queuename": QUEUE, "x-cloudtasks-taskname": "t", "x-cloudtasks-taskretrycount": text}
     with pytest.raises(MalformedHeaders, match="is not a count"):
-        TaskContext.from_headers(headers, lambda _: None)
+        TaskContext.from_headers(raw(headers), lambda _: None)
     headers = {**headers, "x-cloudtasks-taskretrycount": "0", "x-cloudtasks-taskexecutioncount": text}
     with pytest.raises(MalformedHeaders, match="is not a count"):
-        TaskContext.from_headers(headers, lambda _: None)
+        TaskContext.from_headers(raw(headers), lambda _: None)
 
 
 def test_counts_cloud_tasks_sends_are_read() -> None:
@@ -342,7 +350,7 @@ def test_counts_cloud_tasks_sends_are_read() -> None:
         "x-cloudtasks-taskexecutioncount": str(2**31 - 1),
         "x-cloudtasks-taskpreviousresponse": "5_00",
     }
-    context = TaskContext.from_headers(headers, lambda _: None)
+    context = TaskContext.from_headers(raw(headers), lambda _: None)
     assert (context.retry_count, context.execution_count, context.previous_response) == (7, 2**31 - 1, None)
 
 
@@ -357,3 +365,88 @@ def test_a_malformed_retry_count_gets_the_contract_answer(text: str) -> None:
         "status": TaskOutcome.REJECTED,
         "reason": f"not a Cloud Tasks request: x-cloudtasks-taskretrycount: {text!r} is not a count",
     }
+
+
+# --- a body the server already holds ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scopes() -> Iterator[tuple[int, list[tuple[bool, threading.Event]]]]:
+    """uvicorn with the handler's protocol, serving an app that records, for each request, whether its scope said
+    the body was buffered when the app started, and that answers once the test lets it (its event)."""
+    seen: list[tuple[bool, threading.Event]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        go = threading.Event()
+        seen.append((BODY_BUFFERED in scope.get("extensions", {}), go))
+        while not go.is_set():
+            await asyncio.sleep(0.01)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=bounded_protocol(10.0), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    give_up = time.monotonic() + SLACK_S
+    while not server.started and time.monotonic() < give_up:
+        time.sleep(0.01)
+    yield port, seen
+    server.should_exit = True
+    thread.join(SLACK_S)
+
+
+def test_the_server_tells_the_app_when_it_holds_the_whole_body(
+    scopes: tuple[int, list[tuple[bool, threading.Event]]],
+) -> None:
+    """Head and body in one read, as a task nearly always comes: the app reads it with no timer. A body still on
+    its way: the scope says nothing, so the app's body timeout applies."""
+    port, seen = scopes
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(SLACK_S)
+    sock.sendall(head("whole", 2) + b"{}")
+    wait_for(lambda: len(seen) == 1)
+    seen[0][1].set()
+    assert answer_status(sock) == 200
+    sock.sendall(head("later", 2))  # the next request on the connection: its body follows once the app runs
+    wait_for(lambda: len(seen) == 2)
+    sock.sendall(b"{}")
+    seen[1][1].set()
+    assert answer_status(sock) == 200
+    sock.close()
+    assert [buffered for buffered, _ in seen] == [True, False]
+
+
+def wait_for(condition: Any) -> None:
+    give_up = time.monotonic() + SLACK_S
+    while not condition():
+        assert time.monotonic() < give_up, "timed out"
+        time.sleep(0.01)
+
+
+def answer_status(sock: socket.socket) -> int:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response.status
+
+
+def test_a_body_the_server_holds_is_read_with_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_timer(seconds: float) -> Any:
+        raise AssertionError(f"a {seconds:g}s timer was armed")
+
+    def read(scope: dict[str, Any]) -> bytes | None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        return asyncio.run(app_module._body(scope, receive, 1.0))
+
+    monkeypatch.setattr(app_module.asyncio, "timeout", no_timer)
+    assert read({"extensions": {BODY_BUFFERED: {}}}) == b"{}"
+    with pytest.raises(AssertionError, match="a 1s timer was armed"):  # a scope that does not say so
+        read({"extensions": {}})

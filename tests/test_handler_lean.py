@@ -7,20 +7,23 @@ import dataclasses
 import io
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from contract.handler_env import QueueEntry
 from contract.outcomes import TaskOutcome
+from handler import app as app_module
 from handler.app import Reply, create_app
 from handler.dead_letters import MemoryDeadLetters
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim, MemoryStore
-from handler.structured_log import JsonLog, encode_line
+from handler.structured_log import JsonLog, encode_line, now_text
 from handler.tasks import TaskContext, TaskRouter
 
 QUEUE = "tasks-dev-default-a1b2c3"  # no dispatch deadline: work is never cut short
@@ -210,3 +213,86 @@ def test_a_float_the_stdlib_would_write_as_no_json_is_written_as_null() -> None:
     # json.dumps writes NaN and Infinity: a line Cloud Logging cannot parse as JSON, so it loses every field.
     line = encode_line({"latencyMs": math.nan, "wait": math.inf, "x": 1})
     assert json.loads(line) == {"latencyMs": None, "wait": None, "x": 1}
+
+
+# Bodies orjson reads and bodies it leaves to the stdlib: NaN, integers past 64 bits, a byte-order mark, UTF-16,
+# lone surrogates, nesting past 1,024, bodies no parser takes.
+BODIES = [b'{"a": [1, 2.5, "x", null, true]}', b'{"a": 1, "a": 2}', b"-0.0", b"1e400", b'"\\u00e9\\ud83d\\ude00"',
+          b"[NaN, Infinity, -Infinity]", str(2**70).encode(), str(-(2**63)).encode(), str(2**64 - 1).encode(),
+          b'\xef\xbb\xbf{"bom": 1}', '{"utf16": 1}'.encode("utf-16-le"), b'"\\ud800"', b"[" * 2000 + b"]" * 2000,
+          b"", b"{", b"\xff", b'{"a": 1} x', b'"\x01"', b" \t\n 7 \r\n"]  # fmt: skip
+
+
+def stdlib_reading(body: bytes) -> tuple[str, str]:
+    """json.loads's value (its repr tells 1 from 1.0 and -0.0 from 0.0), or its error's type."""
+    try:
+        return "value", repr(json.loads(body))
+    except (ValueError, RecursionError) as err:
+        return "error", type(err).__name__
+
+
+def handler_reading(body: bytes) -> tuple[str, str]:
+    try:
+        return "value", repr(app_module._json(body))
+    except (ValueError, RecursionError) as err:
+        return "error", type(err).__name__
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_body_is_read_as_json_loads_reads_it(body: bytes) -> None:
+    assert handler_reading(body) == stdlib_reading(body)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_any_json_text_is_read_as_json_loads_reads_it(value: Any, ascii_only: bool) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    assert handler_reading(body) == stdlib_reading(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_any_bytes_are_read_as_json_loads_reads_them(body: bytes) -> None:
+    assert handler_reading(body) == stdlib_reading(body)
+
+
+def test_the_log_time_is_isoformats_in_utc() -> None:
+    before = datetime.now(UTC)
+    text = now_text()
+    after = datetime.now(UTC)
+    stamp = datetime.fromisoformat(text)
+    assert before <= stamp <= after and text == stamp.isoformat() and stamp.utcoffset() == timedelta(0)
+
+
+class Owners:
+    """A store that records the owner each attempt claims with."""
+
+    def __init__(self) -> None:
+        self.owners: list[str] = []
+
+    async def claim(self, key: str, owner: str) -> Claim:
+        self.owners.append(owner)
+        return Claim.NEW
+
+    async def complete(self, key: str) -> None:
+        return None
+
+    async def release(self, key: str, owner: str) -> None:
+        return None
+
+
+def test_every_attempt_claims_with_its_own_owner_across_instances() -> None:
+    """Two instances share a Redis store: no attempt's owner is another's, so no release ends another's claim."""
+    store = Owners()
+    for _ in range(2):  # two instances
+        app = create_app(router, SETTINGS, store=store, log=JsonLog(io.StringIO()))
+        for _ in range(3):  # the same task, attempted again
+            call(app, scope("/tasks/ok"), [body()])
+    assert len(store.owners) == len(set(store.owners)) == 6
