@@ -151,7 +151,7 @@ class TaskService:
             malformed = err
         # The token is checked first, so a caller without one learns nothing else; the context, when the
         # headers parse, still names the task in the log entry of a refusal.
-        reply = await self._authorised(request)
+        reply = None if self._verifier is None else await self._refusal(request, self._verifier)
         if reply is None:
             if context is None:
                 reply = Reply(400, TaskOutcome.REJECTED, f"not a Cloud Tasks request: {malformed}")
@@ -167,12 +167,10 @@ class TaskService:
     def _retry(self, queue: str) -> RetryPolicy | None:
         return self._retries.get(queue)
 
-    async def _authorised(self, request: Request) -> Reply | None:
-        """None when the caller may call; else the refusal."""
-        if self._verifier is None:
-            return None
+    async def _refusal(self, request: Request, verifier: TokenVerifier) -> Reply | None:
+        """None when the caller's token lets it call; else the refusal."""
         try:
-            await run_in_threadpool(self._verifier.verify, request.headers.get("authorization"), self._audience)
+            await run_in_threadpool(verifier.verify, request.headers.get("authorization"), self._audience)
         except TokenRejected as err:
             return Reply(err.status, TaskOutcome.REFUSED, err.reason)
         except VerifierUnavailable as err:

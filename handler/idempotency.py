@@ -104,7 +104,8 @@ class MemoryStore:
         return len(self._done) + len(self._in_progress)
 
     async def claim(self, key: str, owner: str) -> Claim:
-        now = self._expire()
+        now = self._clock()
+        self._expire(now)
         if key in self._done:
             return Claim.DONE
         if key in self._in_progress:
@@ -114,7 +115,7 @@ class MemoryStore:
         return Claim.NEW
 
     async def complete(self, key: str) -> None:
-        now = self._expire()
+        now = self._clock()  # nothing to expire first: only a claim reads the entries, and it expires them
         self._in_progress.pop(key, None)
         self._done[key] = now + self._ttl
         self._done.move_to_end(key)
@@ -125,15 +126,15 @@ class MemoryStore:
         if held is not None and held[1] == owner:
             del self._in_progress[key]
 
-    def _expire(self) -> float:
-        now = self._clock()
+    def _expire(self, now: float) -> None:
         while self._done and next(iter(self._done.values())) <= now:
             self._done.popitem(last=False)
         while self._in_progress and next(iter(self._in_progress.values()))[0] <= now:
             self._in_progress.popitem(last=False)
-        return now
 
     def _make_room(self, now: float) -> None:
+        if self.entries > self._max_entries:
+            self._expire(now)  # the expired go first: forgetting them is no loss
         while self.entries > self._max_entries and self._done:
             key, expiry = self._done.popitem(last=False)
             self.evicted_early += 1

@@ -378,6 +378,21 @@ def test_memory_store_forgetting_a_done_task_at_its_ttl_is_not_an_early_eviction
     assert store.entries == 2
 
 
+def test_memory_store_making_room_forgets_the_expired_first() -> None:
+    """A completion reads no entry, so it expires none, until it needs room: then the expired go before any other."""
+    log, clock = io.StringIO(), Clock()
+    store = memory_store(2, log, clock, ttl_seconds=60)
+
+    async def scenario() -> None:
+        await claim_and_complete(store, "q/a", "q/b")
+        clock.now += 60
+        await store.complete("q/c")  # with no claim before it: over capacity, and q/a and q/b had expired
+
+    asyncio.run(scenario())
+    assert store.evicted_early == 0 and log.getvalue() == ""
+    assert store.entries == 1
+
+
 def test_memory_store_never_holds_more_than_max_entries() -> None:
     log, clock = io.StringIO(), Clock()
     store = memory_store(10, log, clock)
