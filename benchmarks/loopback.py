@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from contract import handler_env  # noqa: E402
 from localcloud.stack import free_port  # noqa: E402
 
-__all__ = ["QUEUE", "ROOT", "cpu_seconds", "free_port", "load", "start_handler", "task_request"]
+__all__ = ["QUEUE", "ROOT", "cpu_seconds", "free_port", "handler_environment", "load", "start_handler", "task_request"]
 
 QUEUE = "bench-default-000000"  # the queue id the handler is started knowing
 
@@ -25,8 +25,7 @@ QUEUE = "bench-default-000000"  # the queue id the handler is started knowing
 def start_handler(port: int, queue_ids: list[str], command: list[str] | None = None) -> subprocess.Popen[bytes]:
     """`python -m handler` (or `command`, a server taking the same environment) on 127.0.0.1:port, knowing
     `queue_ids`, its log discarded; returns once healthy."""
-    queues = {queue_id: handler_env.QueueEntry(key="default", max_attempts=5) for queue_id in queue_ids}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), handler_env.QUEUES: handler_env.encode_queue_table(queues)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **handler_environment(queue_ids)}
     handler = subprocess.Popen(
         command or [sys.executable, "-m", "handler", "--port", str(port)],
         env=env,
@@ -43,6 +42,12 @@ def start_handler(port: int, queue_ids: list[str], command: list[str] | None = N
             time.sleep(0.05)  # still starting
     handler.kill()
     raise SystemExit("the handler did not start")
+
+
+def handler_environment(queue_ids: list[str]) -> dict[str, str]:
+    """The variables that tell the handler its queues: `queue_ids`, each with five attempts."""
+    queues = {queue_id: handler_env.QueueEntry(key="default", max_attempts=5) for queue_id in queue_ids}
+    return {handler_env.QUEUES: handler_env.encode_queue_table(queues)}
 
 
 def cpu_seconds(pid: int) -> float:
