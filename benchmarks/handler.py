@@ -17,6 +17,8 @@ shared with the load generator and other work, it drifts less than the rates.
 --breakdown attributes the task's cost: benchmarks/handler_contenders.py starts the handler with one step
 of the no-op task stubbed out (benchmark-only knobs; the handler has none), each contender against its own
 GET /health in the same run. What a step costs is the full task's CPU per request less the contender's.
+The last contender, server-only, has no app at all (every request answered at once): its two figures are
+the server's own work, and differ by what the task request's shape (headers, body) costs the server.
 
 --in-process calls each contender's ASGI app from this process, with the scope, body and headers the server
 would hand it (the body already held whole, as handler.limits marks it), and no server, sockets or load
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,30 +56,44 @@ STEPS = {
     "no-request-log": "the request's log entry",
     "no-claim": "the idempotency claim (MemoryStore)",
     "no-service": "all of TaskService (headers, claim, body, JSON, work, log)",
+    "server-only": "the whole app (Starlette too): every request answered at once",
 }
+ALTERNATIONS = 4  # bare then task, this many times: the spread of their ratio shows the machine's drift
+
+
+@dataclass(frozen=True)
+class Measured:
+    totals: dict[str, list[float]]  # name -> [requests, seconds, server CPU seconds]
+    ratios: list[float]  # per alternation: bare's server CPU per request over the task's
 
 
 def bare_request(_: int) -> bytes:
     return b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-def measure(handler: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> dict[str, list[float]]:
-    """name -> [requests, seconds, server CPU seconds], bare and task alternated twice."""
+def measure(handler: subprocess.Popen[bytes], port: int, seconds: float, connections: int) -> Measured:
+    """name -> [requests, seconds, server CPU seconds], bare and task alternated ALTERNATIONS times; and each
+    alternation's ratio of server CPU per request, bare's over the task's."""
     asyncio.run(load(port, bare_request, 1.0, connections))  # warm up
     totals = {BARE: [0.0, 0.0, 0.0], TASK: [0.0, 0.0, 0.0]}
-    # Alternate the two twice, so drift on a shared machine falls on both alike.
+    ratios = []
+    # Alternated, so drift on a shared machine falls on both alike.
     makes: dict[str, Callable[[int], bytes]] = {BARE: bare_request, TASK: task_request}
-    for _ in range(2):
+    for _ in range(ALTERNATIONS):
+        per_request = {}
         for name, make in makes.items():
             cpu = cpu_seconds(handler.pid)
-            count, elapsed = asyncio.run(load(port, make, seconds / 2, connections))
+            count, elapsed = asyncio.run(load(port, make, seconds / ALTERNATIONS, connections))
+            cpu = cpu_seconds(handler.pid) - cpu
             totals[name][0] += count
             totals[name][1] += elapsed
-            totals[name][2] += cpu_seconds(handler.pid) - cpu
-    return totals
+            totals[name][2] += cpu
+            per_request[name] = cpu / count
+        ratios.append(per_request[BARE] / per_request[TASK])
+    return Measured(totals, ratios)
 
 
-def run_server(command: list[str] | None, seconds: float, connections: int) -> dict[str, list[float]]:
+def run_server(command: list[str] | None, seconds: float, connections: int) -> Measured:
     port = free_port()
     handler = start_handler(port, [QUEUE], None if command is None else [*command, str(port)])
     try:
@@ -86,26 +103,30 @@ def run_server(command: list[str] | None, seconds: float, connections: int) -> d
         handler.wait(timeout=15)
 
 
-def print_table(title: str, totals: dict[str, list[float]]) -> None:
+def print_table(title: str, measured: Measured) -> None:
+    totals = measured.totals
     rates = {name: count / seconds for name, (count, seconds, _) in totals.items()}
     print(f"\n{title}")
     print(f"{'endpoint':<34}{'requests':>10}{'req/s':>9}{'vs bare':>9}{'server CPU us/req':>19}")
     for name, (count, _, cpu) in totals.items():
         print(f"{name:<34}{count:>10.0f}{rates[name]:>9.0f}{rates[name] / rates[BARE]:>9.2f}{1e6 * cpu / count:>19.0f}")
+    ratios = measured.ratios
+    print(f"task vs bare by server CPU per request, in each of the {len(ratios)} alternations: {min(ratios):.2f} to"
+          f" {max(ratios):.2f}")  # fmt: skip
 
 
-def breakdown(full: dict[str, list[float]], seconds: float, connections: int) -> None:
+def breakdown(full: Measured, seconds: float, connections: int) -> None:
     def per_request(totals: dict[str, list[float]], name: str) -> float:
         return 1e6 * totals[name][2] / totals[name][0]
 
     rows = []
     for step, what in STEPS.items():
-        totals = run_server([sys.executable, str(CONTENDERS), step], seconds, connections)
-        print_table(f"contender {step}: without {what}", totals)
-        rows.append((step, what, totals))
-    task_cpu = per_request(full, TASK)
+        measured = run_server([sys.executable, str(CONTENDERS), step], seconds, connections)
+        print_table(f"contender {step}: without {what}", measured)
+        rows.append((step, what, measured.totals))
+    task_cpu = per_request(full.totals, TASK)
     print(f"\nBreakdown of the no-op task, server CPU per request (full task: {task_cpu:.0f} us, bare: "
-          f"{per_request(full, BARE):.0f} us)")  # fmt: skip
+          f"{per_request(full.totals, BARE):.0f} us)")  # fmt: skip
     print(f"{'without':<16}{'us/req':>8}{'step costs us':>15}{'task vs bare':>14}  step")
     for step, what, totals in rows:
         cpu = per_request(totals, TASK)
@@ -191,13 +212,13 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help="also time the contenders' apps in this process")
     parser.add_argument("--requests", type=int, default=20_000, help="per round of --in-process (default 20000)")
     args = parser.parse_args()
-    totals = run_server(None, args.seconds, args.connections)
+    measured = run_server(None, args.seconds, args.connections)
     print_table(
         f"Handler on loopback, {args.connections} keep-alive connections, {os.cpu_count()} cores shared with the load",
-        totals,
+        measured,
     )
     if args.breakdown:
-        breakdown(totals, args.seconds, args.connections)
+        breakdown(measured, args.seconds, args.connections)
     if args.profile:
         profile(args.profile, args.seconds, args.connections)
     if args.in_process:

@@ -1,7 +1,7 @@
 """Benchmark-only servers for `benchmarks/handler.py --breakdown`: the handler with one step of a no-op task
 stubbed out, to attribute its cost. Never a product path: the handler itself has no such switches.
 
-    python benchmarks/handler_contenders.py STEP PORT     STEP: full, no-request-log, no-claim, no-service
+    python benchmarks/handler_contenders.py STEP PORT     STEP: full, no-request-log, no-claim, no-service, server-only
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from handler.idempotency import Claim
 from handler.structured_log import JsonLog
 from handler.task_types import router
 
-STEPS = ("full", "no-request-log", "no-claim", "no-service")
+STEPS = ("full", "no-request-log", "no-claim", "no-service", "server-only")
 
 
 class NoRequestLog(JsonLog):
@@ -55,7 +55,17 @@ class Done:
         await _DONE.send(send)
 
 
-def app(step: str) -> Starlette:
+class AnswerEverything(Done):
+    """Every request, GET /health or a task, answered at once with no Starlette: what is left is the server's
+    own work (uvicorn with the handler's protocol), so its bare and task figures differ by what the task
+    request's shape (its headers, its body) costs the server."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # no lifespan to run
+            await super().__call__(scope, receive, send)
+
+
+def app(step: str) -> Starlette | AnswerEverything:
     settings = HandlerSettings.from_environ(os.environ)
     if step == "full":
         return create_app(router, settings)
@@ -67,6 +77,8 @@ def app(step: str) -> Starlette:
         return Starlette(
             routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", Done(), methods=["POST"])]
         )
+    if step == "server-only":
+        return AnswerEverything()
     raise SystemExit(f"step: {step!r} is not one of {', '.join(STEPS)}")
 
 
