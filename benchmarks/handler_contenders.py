@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from handler.__main__ import serve
-from handler.app import _DONE, create_app, health
+from handler.app import _DONE, PostsToTasks, create_app, health
 from handler.environment import HandlerSettings
 from handler.idempotency import Claim
 from handler.structured_log import JsonLog
@@ -47,7 +47,7 @@ class NoClaims:
 
 
 class Done:
-    """The task route's answer with nothing behind it: Starlette's routing and the server's HTTP only."""
+    """The task's answer with nothing behind it: the app's dispatch and the server's HTTP only."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         while (await receive()).get("more_body"):
@@ -65,7 +65,7 @@ class AnswerEverything(Done):
             await super().__call__(scope, receive, send)
 
 
-def app(step: str) -> Starlette | AnswerEverything:
+def app(step: str) -> PostsToTasks | AnswerEverything:
     settings = HandlerSettings.from_environ(os.environ)
     if step == "full":
         return create_app(router, settings)
@@ -74,9 +74,9 @@ def app(step: str) -> Starlette | AnswerEverything:
     if step == "no-claim":
         return create_app(router, settings, store=NoClaims())
     if step == "no-service":
-        return Starlette(
-            routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", Done(), methods=["POST"])]
-        )
+        done = Done()
+        routes = [Route("/health", health, methods=["GET"]), Route("/{path:path}", done, methods=["POST"])]
+        return PostsToTasks(done, Starlette(routes=routes))
     if step == "server-only":
         return AnswerEverything()
     raise SystemExit(f"step: {step!r} is not one of {', '.join(STEPS)}")

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.cloud_tasks import DEFAULT_MAX_BACKOFF_S, MAX_TASK_BYTES, UNLIMITED_ATTEMPTS
 from contract.dead_letters import producer_headers
@@ -132,14 +132,14 @@ class TaskService:
         self._attempts = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The task route, as a plain ASGI app: no Response object, no per-request wrappers."""
+        """Any POST, as a plain ASGI app: no Response object, no per-request wrappers."""
         reply = await self.handle(Request(scope, receive))
         await reply.send(send)
 
     async def handle(self, request: Request) -> Reply:
         started = time.perf_counter()
         scope = request.scope
-        path = "/" + scope["path_params"]["path"]
+        path: str = scope["path"]
         context: TaskContext | None = None
         malformed: MalformedHeaders | None = None
         # The raw headers in a dict (the last of repeated names wins), only the values read decoded: Starlette's
@@ -447,7 +447,7 @@ def create_app(
     verifier: TokenVerifier | None = None,
     log: JsonLog | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
-) -> Starlette:
+) -> PostsToTasks:
     """The ASGI app. Defaults: idempotency in Redis when `settings.redis_url`, else in memory; dead letters to
     `settings.dead_letter_queue` when set, else to the log; token checks only when `settings.verify_oidc`
     (then against `settings.certs_url`, accepting `settings.invoker_emails`); a body must arrive within
@@ -478,10 +478,28 @@ def create_app(
                 owned_sink.close()
 
     # Cloud Run reserves paths ending in "z" (such as /healthz), hence /health.
-    return Starlette(
+    routes = Starlette(
         routes=[Route("/health", health, methods=["GET"]), Route("/{path:path}", service, methods=["POST"])],
         lifespan=lifespan,
     )
+    return PostsToTasks(service, routes)
+
+
+class PostsToTasks:
+    """The app: every POST goes straight to the task service, everything else (GET /health, the 405s, the
+    lifespan) to Starlette. Starlette's task route takes a POST to any path, so it would hand each one to the
+    service too, after its two middlewares, a regex per route and a copy of the scope: the task's dearest step
+    after the service itself. The server (handler.__main__) sets no root path, so a POST's path is the task's."""
+
+    def __init__(self, tasks: ASGIApp, routes: Starlette) -> None:
+        self.tasks = tasks
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            await self.tasks(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
 
 
 def _dead_letter_sink(settings: HandlerSettings, log: JsonLog) -> DeadLetterSink:

@@ -93,6 +93,24 @@ def log_entries(log: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.getvalue().splitlines()]
 
 
+def test_every_post_is_a_task_and_every_other_request_is_routed_as_before(
+    client: TestClient, letters: MemoryDeadLetters
+) -> None:
+    """POSTs skip Starlette's router (handler.app.PostsToTasks): what each request gets must not change."""
+    assert (client.get("/health").status_code, client.get("/health").json()) == (200, {"status": "ok"})
+    for method in ("GET", "PUT", "DELETE"):  # the task route takes only POST; Starlette's 405 names it
+        response = client.request(method, "/tasks/ok")
+        assert (response.status_code, response.headers["allow"]) == (405, "POST"), method
+    assert client.post("/health").json()["status"] == TaskOutcome.REJECTED  # a POST to /health is a task request
+    assert post(client, "/health", task="h1").json()["status"] == TaskOutcome.DEAD_LETTERED
+    assert post(client, "/", task="root").json()["status"] == TaskOutcome.DEAD_LETTERED
+    assert [(letter.path, letter.reason) for letter in letters.letters] == [
+        ("/health", "no task type is registered at /health"),
+        ("/", "no task type is registered at /"),
+    ]
+    assert post(client, "/tasks/ok", task="t1").json()["status"] == TaskOutcome.DONE
+
+
 def test_done_work_answers_200_with_a_typed_context(client: TestClient) -> None:
     response = post(
         client,
