@@ -206,13 +206,13 @@ def evaluate(
     warnings = _WarningCollector()
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
-    exported: dict[str, Any] = {}
     resolved: dict[str, Any] = {}
+    dependencies: dict[str, frozenset[str]] = {}
 
-    def run() -> pulumi.Output[None]:
+    def run() -> asyncio.Future[None]:
         runpy.run_path(str(program), run_name="__main__")
-        exported.update(getattr(pulumi.runtime.get_root_resource(), "outputs", {}))
-        return pulumi.Output.from_input(exported).apply(lambda values: resolved.update(values or {}))
+        exported = getattr(pulumi.runtime.get_root_resource(), "outputs", {})
+        return asyncio.ensure_future(_settle_exports(exported, resolved, dependencies))
 
     # An event loop of this run's own: the program's outputs resolve on it, and nothing is left behind.
     loop = asyncio.new_event_loop()
@@ -225,7 +225,6 @@ def evaluate(
         )
         # Runs the program and waits for everything it started, as the language host does.
         pulumi.runtime.test(run)()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
-        dependencies = {name: loop.run_until_complete(_urns_behind(value)) for name, value in exported.items()}
     except pulumi.RunError as err:
         raise ProgramError(str(err), _registrations(monitor)) from None
     finally:
@@ -234,9 +233,44 @@ def evaluate(
     return ProgramRun(_registrations(monitor), resolved, dependencies, tuple(warnings.messages))
 
 
-async def _urns_behind(value: Any) -> frozenset[str]:
-    resources = await pulumi.Output.from_input(value).resources()
-    return frozenset([str(await r.urn.future()) for r in resources])
+async def _settle_exports(
+    exported: Mapping[str, Any], resolved: dict[str, Any], dependencies: dict[str, frozenset[str]]
+) -> None:
+    """Resolve the stack outputs as the language host serializes them: each value walked once, the
+    resources every Output waits for collected on the way. Values are kept only when all are known (a
+    preview leaves them unknown, and `resolved` empty, as the engine would show them)."""
+    urns: dict[pulumi.Resource, str] = {}
+    all_known = True
+    for name, value in exported.items():
+        behind: set[pulumi.Resource] = set()
+        plain, known = await _settle(value, behind)
+        all_known = all_known and known
+        for resource in behind - urns.keys():
+            urns[resource] = str(await resource.urn.future())
+        dependencies[name] = frozenset(urns[resource] for resource in behind)
+        resolved[name] = plain
+    if not all_known:
+        resolved.clear()
+
+
+async def _settle(value: Any, behind: set[pulumi.Resource]) -> tuple[Any, bool]:
+    """`value` with every Output in it awaited, and whether all were known; their resources go to `behind`."""
+    if isinstance(value, pulumi.Output):
+        behind.update(await value.resources())
+        if not await value.is_known():
+            return None, False
+        return await _settle(await value.future(), behind)
+    if isinstance(value, dict):
+        known = True
+        plain = {}
+        for key, item in value.items():
+            plain[key], item_known = await _settle(item, behind)
+            known = known and item_known
+        return plain, known
+    if isinstance(value, list):
+        settled = [await _settle(item, behind) for item in value]
+        return [item for item, _ in settled], all(known for _, known in settled)
+    return value, True
 
 
 class _WarningCollector(logging.Handler):
