@@ -24,10 +24,13 @@ Contenders:
                the same bytes on a bare grpc.aio channel, C coroutines in flight, one channel as the engine
                uses: the ceiling of the stack the engine is built on
 
-The four concurrent contenders run --rounds times (4: each one runs once in each place of the order), the
+The four concurrent contenders run --rounds times (8: each one runs twice in each place of the order), the
 order turning each round, each on a purged queue; each row shows its median. "% ceiling" is against the FASTER
-of the two raw contenders, so neither stack's ceiling flatters the engine. The ceilings send the same metadata as
-the publishers (the routing and x-goog-api-client headers): the same RPC on the wire, without the library work.
+of the two raw contenders, so neither stack's ceiling flatters the engine. "paired %" compares within each round
+instead: a contender's rate against the faster ceiling of the same round (seconds apart, so a change in the
+machine's load between rounds cancels out), as the median and the range over the rounds. The ceilings send the
+same metadata as the publishers (the routing and x-goog-api-client headers): the same RPC on the wire, without the
+library work.
 """
 
 from __future__ import annotations
@@ -194,8 +197,11 @@ def raw_ceiling(address: str, publisher: TaskPublisher, count: int, concurrency:
     return run
 
 
-def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int) -> list[tuple[str, int, float]]:
-    """(contender, tasks, seconds) rows; the concurrent contenders' seconds are the median of `rounds` rounds."""
+Rows = list[tuple[str, int, list[float]]]  # (contender, tasks, the seconds of each of its runs)
+
+
+def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int) -> Rows:
+    """A row per contender: one run of the sequential ones, `rounds` rounds of the concurrent ones, in round order."""
     outputs = dict(evaluate(stack_config("dev"), stack="dev").outputs)
     queue_path = outputs["queues"][outputs["default_queue"]]["path"]
     server, address = start_emulator(delay_ms, workers=max(16, 2 * concurrency))
@@ -213,8 +219,9 @@ def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int
                 return timed(count, run)[1]
 
             guide, one_by_one = counts["guide"], counts["publish"]
-            rows.append(("guide", guide, seconds(guide, lambda: guide_pattern(address, publisher, guide))))
-            rows.append(("publish", one_by_one, seconds(one_by_one, lambda: publish_one_by_one(publisher, one_by_one))))
+            rows.append(("guide", guide, [seconds(guide, lambda: guide_pattern(address, publisher, guide))]))
+            one_by_one_seconds = seconds(one_by_one, lambda: publish_one_by_one(publisher, one_by_one))
+            rows.append(("publish", one_by_one, [one_by_one_seconds]))
             many = counts["many"]
             # Each round makes its contender afresh (a raw ceiling closes its channel when done).
             concurrent: dict[str, Callable[[], Callable[[], int]]] = {
@@ -229,7 +236,7 @@ def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int
                 # The order turns each round, so none always runs first (or last) on a warm or a tired machine.
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     times[name].append(seconds(many, concurrent[name]()))
-            rows += [(name, many, statistics.median(times[name])) for name in names]
+            rows += [(name, many, times[name]) for name in names]
         admin.close()
     finally:
         server.terminate()
@@ -237,15 +244,24 @@ def measure(delay_ms: int, concurrency: int, counts: dict[str, int], rounds: int
     return rows
 
 
-def print_table(delay_ms: int, rows: list[tuple[str, int, float]], rounds: int) -> None:
-    rates = {name: count / seconds for name, count, seconds in rows}
+def print_table(delay_ms: int, rows: Rows, rounds: int) -> None:
+    rates = {name: count / statistics.median(seconds) for name, count, seconds in rows}
     guide = rates["guide"]
-    ceiling = max(rate for name, rate in rates.items() if name.startswith("raw "))  # the faster of the two
+    ceilings = [name for name in rates if name.startswith("raw ")]
+    ceiling = max(rates[name] for name in ceilings)  # the faster of the two
+    # The faster ceiling of each round, in tasks per second.
+    per_round = [max(count / seconds[r] for name, count, seconds in rows if name in ceilings) for r in range(rounds)]
     print(f"\nCreateTask on loopback, emulator latency {delay_ms} ms per RPC")
-    print(f"{'contender':<26}{'tasks':>7}{'seconds':>9}{'tasks/s':>10}{'x guide':>9}{'% ceiling':>11}")
+    header = f"{'contender':<26}{'tasks':>7}{'seconds':>9}{'tasks/s':>10}{'x guide':>9}{'% ceiling':>11}"
+    print(f"{header}{'paired %':>10}{'range':>11}")
     for name, count, seconds in rows:
-        rate = count / seconds
-        print(f"{name:<26}{count:>7}{seconds:>9.2f}{rate:>10.0f}{rate / guide:>9.1f}{100 * rate / ceiling:>10.0f}%")
+        rate = rates[name]
+        line = f"{name:<26}{count:>7}{count / rate:>9.2f}{rate:>10.0f}{rate / guide:>9.1f}"
+        line += f"{100 * rate / ceiling:>10.0f}%"
+        if len(seconds) == rounds > 1:
+            paired = [100 * count / s / best for s, best in zip(seconds, per_round, strict=True)]
+            line += f"{statistics.median(paired):>9.0f}%{min(paired):>6.0f}-{max(paired):.0f}%"
+        print(line)
     print(f"(guide and publish: one run each; the others: the median of {rounds} rounds, in turning order)")
 
 
@@ -254,7 +270,7 @@ def main() -> None:
     parser.add_argument("--delays", default="0,20", help="emulator latencies in ms, comma-separated (default 0,20)")
     parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
     parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds of the concurrent contenders (default 4)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of the concurrent contenders (default 8)")
     args = parser.parse_args()
     for delay_ms in (int(d) for d in args.delays.split(",")):
         # Sequential contenders get fewer tasks: at 20 ms each, 4,000 would take minutes to say the same.
