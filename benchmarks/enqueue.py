@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from localcloud.program import evaluate  # noqa: E402
 from localcloud.stack import stack_config  # noqa: E402
 from taskclient.aio import AsyncTaskPublisher  # noqa: E402
+from taskclient.calls import MAX_CONCURRENCY  # noqa: E402
 from taskclient.connection import connect  # noqa: E402
 from taskclient.publisher import Outcome, TaskPublisher, TaskRequest  # noqa: E402
 
@@ -265,14 +266,40 @@ def print_table(delay_ms: int, rows: Rows, rounds: int) -> None:
     print(f"(guide and publish: one run each; the others: the median of {rounds} rounds, in turning order)")
 
 
+def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` (to `maximum`), else one line naming the rule."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def delays(text: str) -> list[int]:
+    """--delays: milliseconds, comma-separated, each 0 or more."""
+    return [whole(0)(part) for part in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--delays", default="0,20", help="emulator latencies in ms, comma-separated (default 0,20)")
-    parser.add_argument("--concurrency", type=int, default=32, help="as publish_many's default (32)")
-    parser.add_argument("--tasks", type=int, default=4000, help="tasks for publish_many and the ceiling")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of the concurrent contenders (default 8)")
+    parser.add_argument(
+        "--delays", type=delays, default=[0, 20], help="emulator latencies in ms, comma-separated (default 0,20)"
+    )
+    parser.add_argument(
+        "--concurrency", type=whole(1, MAX_CONCURRENCY), default=32, help="as publish_many's default (32)"
+    )
+    parser.add_argument("--tasks", type=whole(1), default=4000, help="tasks for publish_many and the ceiling")
+    parser.add_argument("--rounds", type=whole(1), default=8, help="rounds of the concurrent contenders (default 8)")
     args = parser.parse_args()
-    for delay_ms in (int(d) for d in args.delays.split(",")):
+    for delay_ms in args.delays:
         # Sequential contenders get fewer tasks: at 20 ms each, 4,000 would take minutes to say the same.
         counts = {"guide": 300 if delay_ms == 0 else 100, "publish": 1000 if delay_ms == 0 else 150, "many": args.tasks}
         print_table(delay_ms, measure(delay_ms, args.concurrency, counts, args.rounds), args.rounds)
